@@ -1,0 +1,42 @@
+"""Shared helpers for the tests: seeded inputs and the error measure used throughout."""
+
+from __future__ import annotations
+
+import torch
+
+from deltanet.ops import l2_normalize
+
+
+def make_inputs(
+    B: int,
+    T: int,
+    H: int,
+    K: int,
+    V: int,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+    num_states: int | None = None,
+    device: str = "cpu",
+    requires_grad: bool = False,
+):
+    """Random delta-rule inputs: unit-norm keys, beta in (0, 2), and a random initial state [N, H, K, V].
+
+    Generated in float64 and then cast, so every dtype sees the same underlying values.
+    """
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, H, K, generator=g, dtype=torch.float64)
+    k = l2_normalize(torch.randn(B, T, H, K, generator=g, dtype=torch.float64))
+    v = torch.randn(B, T, H, V, generator=g, dtype=torch.float64)
+    beta = 2 * torch.rand(B, T, H, generator=g, dtype=torch.float64)
+    state = torch.randn(num_states or B, H, K, V, generator=g, dtype=torch.float64)
+    state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    tensors = [t.to(device=device, dtype=dtype) for t in (q, k, v, beta)] + [state.to(device, state_dtype)]
+    if requires_grad:
+        tensors = [t.requires_grad_() for t in tensors]
+    return tensors
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected|, in float64: the error measure of every test."""
+    actual, expected = actual.double(), expected.double()
+    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-300)).item()
