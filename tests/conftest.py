@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+# Without a GPU, run the Triton kernels on the CPU in Triton's interpreter. Must be set before any
+# kernel module is imported: @triton.jit decides at decoration time.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from deltanet.ops import l2_normalize
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import make_inputs, rel_err
+
 from deltanet.ops import chunk_delta_rule, l2_normalize, recurrent_delta_rule
 
 SHAPES = [  # (B, T, H, K, V)
@@ -110,7 +110,10 @@ def test_cu_seqlens_equals_each_sequence_alone(op, lengths):
 
 def test_gradcheck_recurrent():
     inputs = make_inputs(1, 5, 2, 3, 4, seed=6, requires_grad=True)
-    fn = lambda q, k, v, b, s: recurrent_delta_rule(q, k, v, b, initial_state=s, output_final_state=True)
+
+    def fn(q, k, v, b, s):
+        return recurrent_delta_rule(q, k, v, b, initial_state=s, output_final_state=True)
+
     assert torch.autograd.gradcheck(fn, inputs)
 
 
@@ -122,9 +125,12 @@ def test_gradcheck_chunk(cu):
     else:
         inputs = make_inputs(2, 7, 2, 3, 4, seed=7, requires_grad=True)
         cu_seqlens = None
-    fn = lambda q, k, v, b, s: chunk_delta_rule(
-        q, k, v, b, initial_state=s, output_final_state=True, chunk_size=2, cu_seqlens=cu_seqlens
-    )
+
+    def fn(q, k, v, b, s):
+        return chunk_delta_rule(
+            q, k, v, b, initial_state=s, output_final_state=True, chunk_size=2, cu_seqlens=cu_seqlens
+        )
+
     assert torch.autograd.gradcheck(fn, inputs)
 
 
@@ -171,7 +177,10 @@ def test_default_scale_is_inverse_sqrt_key_dim():
 def _bad_calls():
     q, k, v, beta, s0 = make_inputs(2, 10, 2, 8, 4, dtype=torch.float32)
     cu = torch.tensor([0, 4, 10])
-    one = lambda t: t[:1]  # B = 1 versions for cu_seqlens
+
+    def one(t):  # B = 1 versions for cu_seqlens
+        return t[:1]
+
     yield "q", ValueError, dict(q=q[0])
     yield "k", ValueError, dict(k=k[:, :9])
     yield "v", ValueError, dict(v=v[:, :, :1])

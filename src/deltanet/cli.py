@@ -36,12 +36,14 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deltanet", description="DeltaNet: linear transformers with the delta rule.")
+    parser = argparse.ArgumentParser(prog="deltanet",
+                                     description="DeltaNet: linear transformers with the delta rule.")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="self-check the ops on this machine and print a CPU speed table")
     check.add_argument("--seq-lens", type=int, nargs="+", default=[1024, 4096],
                        help="sequence lengths to time (default: 1024 4096)")
-    check.add_argument("--repeats", type=int, default=3, help="timed runs of the chunked path, median (default: 3)")
+    check.add_argument("--repeats", type=int, default=3,
+                       help="timed runs of the chunked path, median (default: 3)")
     check.set_defaults(func=_check)
     return parser
 

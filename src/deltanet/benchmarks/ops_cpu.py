@@ -79,7 +79,8 @@ def run(seq_lens=(1024, 4096), memory_seq_lens=(1024, 2048, 4096, 8192), heads=4
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[1024, 4096], help="T values to time")
     parser.add_argument("--heads", type=int, default=4, help="number of heads H")
     parser.add_argument("--head-dim", type=int, default=64, help="K = V")

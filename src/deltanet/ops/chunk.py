@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from deltanet.ops.backends import BACKENDS, default_backend
 from deltanet.ops.l2norm import l2_normalize
 from deltanet.ops.validation import (
     check_chunk_size,
@@ -29,8 +30,6 @@ from deltanet.ops.validation import (
     resolve_scale,
     state_dtype_for,
 )
-
-BACKENDS = ("torch", "triton")
 
 
 def _pad_time(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -120,17 +119,6 @@ def _chunk_varlen_torch(q, k, v, beta, scale, state, chunk_size, cu_seqlens):
     return o[seq_index, position][None], final_state
 
 
-def default_backend(device: torch.device) -> str:
-    """The fastest backend for a device: Triton on CUDA where its kernels import, else PyTorch."""
-    if device.type == "cuda":
-        try:
-            from deltanet.ops.triton import chunk as _  # noqa: F401
-        except ImportError:
-            return "torch"
-        return "triton"
-    return "torch"
-
-
 def chunk_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -143,6 +131,7 @@ def chunk_delta_rule(
     chunk_size: int = 64,
     backend: str | None = None,
     use_qk_l2norm: bool = False,
+    allow_tf32: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The delta rule in chunkwise-parallel form; same result as `recurrent_delta_rule`, much faster.
 
@@ -160,23 +149,29 @@ def chunk_delta_rule(
         backend: None picks the fastest for the tensors' device; "torch" forces PyTorch; "triton" the
             GPU kernels.
         use_qk_l2norm: L2-normalise q and k over K inside the op (gradients flow through it).
+        allow_tf32: Triton backend with float32 inputs: matrix products in tf32 (default, about 1e-3
+            relative error, much faster) or, if False, in full float32.
 
     Returns:
         o [B, T, H, V] in v's dtype, and the final state [N, H, K, V] or None. The PyTorch backend
         computes in float32 (float64 when all inputs are float64); states are float32 (float64).
+        The Triton backend (float32, bfloat16, float16; chunk_size 16, 32 or 64) multiplies in the
+        inputs' dtype (tf32 for float32 unless allow_tf32=False) and accumulates and keeps states in
+        float32.
     """
     shape = check_delta_rule_inputs(q, k, v, beta, initial_state, cu_seqlens)
     check_chunk_size(chunk_size)
     scale = resolve_scale(scale, shape.key_dim)
     if backend is None:
-        backend = default_backend(q.device)
+        backend = default_backend(q.device, v.dtype)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be None or one of {BACKENDS}, got {backend!r}")
     if backend == "triton":
         from deltanet.ops.triton.chunk import chunk_delta_rule_triton
 
         return chunk_delta_rule_triton(
-            q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, chunk_size, use_qk_l2norm
+            q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, chunk_size, use_qk_l2norm,
+            allow_tf32,
         )
 
     compute_dtype = state_dtype_for(q, k, v, beta)

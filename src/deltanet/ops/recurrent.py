@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from deltanet.ops.backends import BACKENDS, default_backend
 from deltanet.ops.l2norm import l2_normalize
 from deltanet.ops.validation import check_delta_rule_inputs, resolve_scale, state_dtype_for
 
@@ -26,7 +27,8 @@ def _recurrent_one_sequence(
     """
     outputs = []
     for t in range(q.shape[1]):
-        k_t, v_t, q_t, beta_t = k[:, t], v[:, t], q[:, t], beta[:, t]  # [B, H, K], [B, H, V], [B, H, K], [B, H]
+        # [B, H, K], [B, H, V], [B, H, K], [B, H]
+        k_t, v_t, q_t, beta_t = k[:, t], v[:, t], q[:, t], beta[:, t]
         predicted = torch.einsum("bhk,bhkv->bhv", k_t, state)  # S_{t-1}^T k_t
         delta = beta_t[..., None] * (v_t - predicted)  # [B, H, V]
         state = state + k_t[..., :, None] * delta[..., None, :]  # rank-one update, [B, H, K, V]
@@ -44,8 +46,10 @@ def recurrent_delta_rule(
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
     use_qk_l2norm: bool = False,
+    backend: str | None = None,
+    update_state_in_place: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The delta rule computed token by token (the reference implementation).
+    """The delta rule computed token by token: the reference implementation, and the decoding step.
 
     Args:
         q, k: queries and keys, [B, T, H, K], any float dtype.
@@ -58,6 +62,11 @@ def recurrent_delta_rule(
         cu_seqlens: int32/int64 [N + 1] cumulative lengths of sequences packed along T (B must be 1);
             sequences never share state.
         use_qk_l2norm: L2-normalise q and k over K first (gradients flow through the normalisation).
+        backend: None picks the Triton kernel for CUDA tensors (not float64) when no gradient is needed
+            (decoding), else the PyTorch loop; "torch" or "triton" force one. The Triton kernel has no
+            backward.
+        update_state_in_place: Triton only: write the final state into initial_state (float32,
+            contiguous) instead of allocating one; returned as the final state.
 
     Returns:
         o [B, T, H, V] in v's dtype, and the final state [N, H, K, V] (float32, or float64 for float64
@@ -65,9 +74,29 @@ def recurrent_delta_rule(
     """
     shape = check_delta_rule_inputs(q, k, v, beta, initial_state, cu_seqlens)
     scale = resolve_scale(scale, shape.key_dim)
-    compute_dtype = state_dtype_for(q, k, v, beta)
     if use_qk_l2norm:
         q, k = l2_normalize(q), l2_normalize(k)
+    if backend is None:
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (q, k, v, beta, initial_state)
+        )
+        backend = "triton" if default_backend(q.device, v.dtype) == "triton" and not needs_grad else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be None or one of {BACKENDS}, got {backend!r}")
+    if backend == "triton":
+        if v.dtype == torch.float64:
+            raise TypeError("backend='triton' takes float32, bfloat16 or float16 inputs, got v float64; "
+                            "use backend='torch' for float64")
+        from deltanet.ops.triton.recurrent import recurrent_delta_rule_triton
+
+        return recurrent_delta_rule_triton(
+            q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, update_state_in_place
+        )
+    if update_state_in_place:
+        raise ValueError(
+            "update_state_in_place=True needs backend='triton' (the PyTorch path returns a new state)"
+        )
+    compute_dtype = state_dtype_for(q, k, v, beta)
     qc, kc, vc, bc = (t.to(compute_dtype) for t in (q, k, v, beta))
     N, H, K, V = shape.num_sequences, shape.num_heads, shape.key_dim, shape.value_dim
     if initial_state is None:

@@ -87,7 +87,9 @@ def check_delta_rule_inputs(
         if cu_seqlens.device != device:
             raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but q is on {device}")
         if B != 1:
-            raise ValueError(f"with cu_seqlens the batch size B must be 1 (sequences packed along T), got B={B}")
+            raise ValueError(
+                f"with cu_seqlens the batch size B must be 1 (sequences packed along T), got B={B}"
+            )
         offsets = cu_seqlens.tolist()
         if offsets[0] != 0:
             raise ValueError(f"cu_seqlens must start at 0, got {offsets[0]}")

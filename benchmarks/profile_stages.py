@@ -1,0 +1,86 @@
+"""Time each Triton launch of chunk_delta_rule separately (GPU), to see where the time goes.
+
+Run: PYTHONPATH=src python benchmarks/profile_stages.py
+"""
+
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench
+
+from deltanet.ops.triton import chunk as tc
+from deltanet.ops.triton.backward import chunk_bwd
+from deltanet.ops.triton.output import output_fwd
+from deltanet.ops.triton.state import state_bwd, state_fwd
+from deltanet.ops.triton.wy import wy_fwd
+
+
+def bench(fn):
+    return do_bench(fn, warmup=10, rep=50, return_mode="median")
+
+
+def stages(B, T, H, D, C=64, prec="tf32"):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(B, T, H, D, device="cuda", generator=g).bfloat16()
+    k = F.normalize(torch.randn(B, T, H, D, device="cuda", generator=g), dim=-1).bfloat16()
+    v = torch.randn(B, T, H, D, device="cuda", generator=g).bfloat16()
+    beta = torch.rand(B, T, H, device="cuda", generator=g).bfloat16()
+    do = torch.randn_like(v)
+    num_seqs, nc, ci, co = tc._plan(q, None, C)
+    t0 = time.time()
+    w, u, a_inv = wy_fwd(k, v, beta, None, ci, nc, T, C, prec, store_a_inv=True)
+    h, ut, _ = state_fwd(k, w, u, None, False, None, co, num_seqs, nc, T, C, prec)
+    output_fwd(q, k, h, ut, D**-0.5, None, ci, nc, T, C, prec, v.dtype)
+    dh, dut, _ = state_bwd(q, k, w, do, None, False, D**-0.5, None, co, num_seqs, nc, T, C, prec)
+
+    def recomputed():
+        return dict(w=w, u=u, a_inv=a_inv, h=h, u_tilde=ut, dh=dh, du_tilde=dut)
+
+    chunk_bwd(q, k, v, beta, do, recomputed(), D**-0.5, None, ci, nc, T, C, prec)
+    torch.cuda.synchronize()
+    print(f"  first call (compile) {time.time() - t0:.1f} s", flush=True)
+    times = {
+        "wy_fwd": bench(lambda: wy_fwd(k, v, beta, None, ci, nc, T, C, prec)),
+        "state_fwd": bench(lambda: state_fwd(k, w, u, None, False, None, co, num_seqs, nc, T, C, prec)),
+        "output_fwd": bench(lambda: output_fwd(q, k, h, ut, D**-0.5, None, ci, nc, T, C, prec, v.dtype)),
+        "state+output fused": bench(lambda: state_fwd(k, w, u, None, False, None, co, num_seqs, nc, T, C,
+                                                      prec, q=q, scale=D**-0.5, out_dtype=v.dtype)),
+        "state_bwd": bench(lambda: state_bwd(q, k, w, do, None, False, D**-0.5, None, co, num_seqs, nc, T, C,
+                                             prec)),
+        "chunk_bwd": bench(lambda: chunk_bwd(q, k, v, beta, do, recomputed(), D**-0.5, None, ci, nc, T, C,
+                                             prec)),
+    }
+    return times
+
+
+if __name__ == "__main__":
+    from deltanet.ops.triton.common import LAUNCH
+
+    for block_v_small in (16, 32):  # the state passes' width when B*H is small
+        LAUNCH["state"]["block_v_small"] = block_v_small
+        t = stages(1, 32768, 16, 128)
+        print(f"B=1 T=32768 state block_v_small={block_v_small}: state_fwd {t['state_fwd']:.3f} fused "
+              f"{t['state+output fused']:.3f} state_bwd {t['state_bwd']:.3f}", flush=True)
+    LAUNCH["state"]["block_v_small"] = 32
+    for shape in [(8, 2048, 16, 128), (1, 32768, 16, 128), (8, 2048, 8, 64)]:
+        print(shape, flush=True)
+        t = stages(*shape)
+        fwd = t["wy_fwd"] + t["state_fwd"] + t["output_fwd"]
+        fused = t["wy_fwd"] + t["state+output fused"]
+        bwd = t["wy_fwd"] + t["state_fwd"] + t["state_bwd"] + t["chunk_bwd"]
+        print("  " + "  ".join(f"{k} {v:.3f}" for k, v in t.items())
+              + f"\n  | fwd {fwd:.3f} ms unfused, {fused:.3f} fused; bwd {bwd:.3f} incl. recompute",
+              flush=True)
+    from deltanet.ops.triton import backward, output, state, wy
+
+    for fn in (wy.wy_fwd_kernel, state.state_fwd_kernel, output.output_kernel, state.state_bwd_kernel,
+               backward.bwd_direct_kernel, backward.bwd_through_wy_kernel):
+        try:
+            for cache in fn.device_caches.values():
+                for kernel in cache[0].values():
+                    print(f"  {fn.__name__}: regs {kernel.n_regs} spills {kernel.n_spills}", flush=True)
+        except Exception as e:  # the cache layout is Triton-internal
+            print(f"  {fn.__name__}: no register report ({type(e).__name__})")
+    sys.exit(0)

@@ -1,0 +1,12 @@
+"""Triton kernels for the delta rule (GPU; also run on the CPU under TRITON_INTERPRET=1 for tests).
+
+Forward:   wy.py      W = T K, U = T V per chunk (UT transform, chunk-parallel)
+           state.py   the sequential pass over chunks: U~ = U - W h per chunk, and either the
+                      outputs directly (fused) or the per-chunk states h and U~ for ...
+           output.py  ... O = scale (Q h + tril(Q K^T) U~)  (chunk-parallel)
+Backward:  wy.py and state.py again (recompute; nothing but q, k, v, beta is saved), then
+           state.py   the reverse pass: state gradients dh, dU~
+           backward.py  dq, dk, dv, dbeta per chunk, through the UT transform (two launches)
+Decoding:  recurrent.py  token-by-token steps against a cached state
+chunk.py registers the chunked forward and backward as PyTorch custom ops.
+"""

@@ -1,0 +1,119 @@
+"""Pieces shared by the delta-rule kernels: sequence/chunk indexing and the unit-lower-triangular inverse.
+
+Every kernel sees tokens as one flat axis of length B*T (q is [B*T, H, K] in memory), split into
+sequences [bos, eos): for fixed-length batches sequence n is [n*T, (n+1)*T); for packed input the
+bounds come from cu_seqlens. Each sequence is cut into chunks of BT tokens; the last may be partial, and
+every load of it is masked (boundary_check against the sequence length) so that no token of the next
+sequence leaks in.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def sequence_bounds(n, cu_seqlens, T, IS_VARLEN: tl.constexpr):
+    """First token of sequence n on the flat token axis (int64, for address arithmetic) and its length
+    (int32: block-pointer shapes and offsets must be 32-bit)."""
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + n).to(tl.int64)
+        eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
+    else:
+        bos = n.to(tl.int64) * T
+        eos = bos + T
+    return bos, (eos - bos).to(tl.int32)
+
+
+@triton.jit
+def chunk_coordinates(i_c, chunk_indices, T, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """Global chunk index -> (sequence n, chunk j within the sequence)."""
+    if IS_VARLEN:
+        n = tl.load(chunk_indices + 2 * i_c)
+        j = tl.load(chunk_indices + 2 * i_c + 1)
+    else:
+        chunks_per_seq = tl.cdiv(T, BT)
+        n = i_c // chunks_per_seq
+        j = i_c % chunks_per_seq
+    return n, j
+
+
+@triton.jit
+def first_chunk(n, chunk_offsets, T, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """Global index of sequence n's first chunk (the row of its first state in h)."""
+    if IS_VARLEN:
+        return tl.load(chunk_offsets + n).to(tl.int64)
+    return n.to(tl.int64) * tl.cdiv(T, BT)
+
+
+@triton.jit
+def unit_lower_inverse(A, BT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """(I + A)^-1 for A [BT, BT] float32 strictly lower triangular, by recursive doubling.
+
+    If X_b inverts the block-diagonal part of I + A with diagonal blocks of b rows, then for blocks of
+    2b rows [[L11, 0], [L21, L22]]^-1 = [[X11, 0], [-X22 L21 X11, X22]], that is
+        X_2b = X_b - X_b (A restricted to the L21 blocks) X_b.
+    Starting from X_1 = I, log2(BT) steps of two matrix products each (on the tensor cores) replace
+    BT - 2 dependent row-by-row substitution steps, which ran at a few percent of the card's speed.
+    This is block triangular inversion, not a truncated power series: it is exact in exact arithmetic.
+    """
+    rows = tl.arange(0, BT)[:, None]
+    cols = tl.arange(0, BT)[None, :]
+    # b = 1: X_2 = I - A restricted to the entries just below the diagonal of each 2 x 2 block.
+    X = tl.where(rows == cols, 1.0, 0.0) - tl.where((rows // 2 == cols // 2) & (rows > cols), A, 0.0)
+    for step in tl.static_range(1, 8):  # unrolled; blocks of b = 2, 4, ..., BT / 2 rows
+        b = 1 << step
+        if b < BT:
+            lower_left = (rows // (2 * b) == cols // (2 * b)) & (rows // b > cols // b)
+            A_b = tl.where(lower_left, A, 0.0)
+            X = X - tl.dot(X, tl.dot(A_b, X, input_precision=DOT_PRECISION), input_precision=DOT_PRECISION)
+    return X
+
+
+def chunk_tables(cu_seqlens: torch.Tensor | None, batch: int, seq_len: int, chunk_size: int):
+    """Host-side chunk bookkeeping: (number of chunks, chunk_indices [NC, 2], chunk_offsets [N + 1]).
+
+    For fixed-length batches the kernels compute the same from T, so the tables are None (no sync).
+    """
+    if cu_seqlens is None:
+        return batch * triton.cdiv(seq_len, chunk_size), None, None
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    chunks = (lengths + chunk_size - 1) // chunk_size
+    chunk_offsets = torch.cat([chunks.new_zeros(1), chunks.cumsum(0)])
+    total = int(chunk_offsets[-1])
+    seq_of_chunk = torch.repeat_interleave(torch.arange(len(chunks), device=cu_seqlens.device), chunks)
+    index_in_seq = torch.arange(total, device=cu_seqlens.device) - chunk_offsets[seq_of_chunk]
+    chunk_indices = torch.stack([seq_of_chunk, index_in_seq], dim=1).to(torch.int32).contiguous()
+    return total, chunk_indices, chunk_offsets.to(torch.int32).contiguous()
+
+
+# Launch settings per kernel, chosen from timings on an H100 (docs/kernels.md); benchmarks/profile_stages.py
+# overrides them to sweep. block_v: value columns per program (capped by the value dim).
+# The state passes use block_v when that gives at least one program per multiprocessor, else
+# block_v_small (more programs for the sequential pass: long sequences with few heads). fuse_output:
+# "auto", True or False (see state.fuse_output_in_state_pass).
+LAUNCH = {
+    "wy": {"num_warps": 4, "block_v": 64},
+    "state": {"num_warps": 4, "block_v": 64, "block_v_small": 32, "fuse_output": True},
+    "output": {"num_warps": 4, "block_v": 64},
+    "bwd_direct": {"num_warps": 4, "block_v": 64, "block_k": 64},
+    "bwd_through_wy": {"num_warps": 4, "block_v": 64},
+}
+
+
+def num_stages_for(dtype: torch.dtype) -> int:
+    """Software-pipelining depth: float32 tiles are twice the bytes, and 2 stages overflow shared memory."""
+    return 1 if dtype == torch.float32 else 2
+
+
+def multiprocessor_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 132  # the interpreter: any value works
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def block_dim(d: int) -> int:
+    """Tile width for a head dim: a power of two, at least 16 (the smallest tl.dot size)."""
+    return max(16, triton.next_power_of_2(d))

@@ -1,0 +1,165 @@
+"""The Triton chunk kernels against the float64 recurrence, on the CPU under TRITON_INTERPRET=1
+(see conftest).
+
+Small sizes: the interpreter runs each program in numpy. Its dot products are exact float32 products,
+so float32 bounds here are those of full float32 (the GPU check script covers tf32 and bfloat16, which
+the interpreter does not emulate faithfully). Every uninitialised allocation is filled with NaN, so an
+element that a kernel forgets to write fails the test.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_inputs, rel_err
+
+from deltanet.ops import chunk_delta_rule, recurrent_delta_rule
+
+triton = pytest.importorskip("triton")
+
+# float32: ~1e-7 unit roundoff, a few hundred accumulated products per output -> 1e-5 (the issue's bound).
+FP32_BOUND = 1e-5
+# float16: unit roundoff 4.9e-4; W, U, U~ and h are stored in float16 between launches, so each output
+# carries a few roundings of its inputs -> 20 ulps.
+FP16_BOUND = 1e-2
+
+
+@pytest.fixture(autouse=True)
+def nan_filled_allocations():
+    before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(before[0])
+    torch.utils.deterministic.fill_uninitialized_memory = before[1]
+
+
+def outputs_and_grads(q, k, v, beta, s0, seed, **kwargs):
+    """Run chunk_delta_rule (or the float64 recurrence when backend='recurrent'), return o, final state
+    and the gradients of a random projection of both with respect to q, k, v, beta and the initial state."""
+    backend = kwargs.pop("backend")
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, beta, s0)]
+    if backend == "recurrent":
+        leaves = [t.detach().double().requires_grad_() for t in leaves]
+        o, s = recurrent_delta_rule(*leaves[:4], initial_state=leaves[4], output_final_state=True, **kwargs)
+    else:
+        o, s = chunk_delta_rule(*leaves[:4], initial_state=leaves[4], output_final_state=True,
+                                backend=backend, **kwargs)
+    g = torch.Generator().manual_seed(seed)
+    do = torch.randn(o.shape, generator=g, dtype=torch.float64)
+    ds = torch.randn(s.shape, generator=g, dtype=torch.float64)
+    loss = (o.double() * do).sum() + (s.double() * ds).sum()
+    return [o, s, *torch.autograd.grad(loss, leaves)]
+
+
+NAMES = ("o", "final_state", "dq", "dk", "dv", "dbeta", "dh0")
+
+
+def assert_close(actual, expected, bound):
+    for name, a, e in zip(NAMES, actual, expected):
+        assert torch.isfinite(a).all(), f"{name} has NaN/Inf (an unwritten element?)"
+        err = rel_err(a, e)
+        assert err <= bound, f"{name}: relative error {err:.2e} > {bound:.0e}"
+
+
+@pytest.mark.parametrize("B,T,H,K,V,chunk_size", [
+    (2, 150, 2, 16, 32, 64),   # T not a multiple of the chunk, K != V
+    (1, 45, 1, 32, 16, 16),    # several chunks of 16, K > V
+    (2, 1, 2, 16, 16, 32),     # a single token
+    (1, 64, 2, 48, 24, 32),    # head dims that are not powers of two
+])
+def test_triton_float32_matches_float64_recurrence(B, T, H, K, V, chunk_size):
+    inputs = make_inputs(B, T, H, K, V, dtype=torch.float32, seed=T + K)
+    ref = outputs_and_grads(*inputs, seed=1, backend="recurrent")
+    out = outputs_and_grads(*inputs, seed=1, backend="triton", chunk_size=chunk_size, allow_tf32=False)
+    assert out[0].dtype == torch.float32 and out[1].dtype == torch.float32
+    assert_close(out, ref, FP32_BOUND)
+
+
+def test_triton_cu_seqlens_matches_float64_recurrence():
+    lengths = [1, 70, 5, 64, 10]  # length 1, lengths across and inside chunk boundaries
+    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    q, k, v, beta, _ = make_inputs(1, sum(lengths), 2, 16, 16, dtype=torch.float32, seed=7)
+    s0 = make_inputs(1, 1, 2, 16, 16, dtype=torch.float32, seed=8, num_states=len(lengths))[4]
+    ref = outputs_and_grads(q, k, v, beta, s0, seed=2, backend="recurrent", cu_seqlens=cu)
+    out = outputs_and_grads(q, k, v, beta, s0, seed=2, backend="triton", cu_seqlens=cu, chunk_size=32,
+                            allow_tf32=False)
+    assert out[1].shape == (len(lengths), 2, 16, 16)
+    assert_close(out, ref, FP32_BOUND)
+
+
+def test_triton_float16_within_dtype_tolerance():
+    inputs = make_inputs(1, 100, 2, 32, 32, dtype=torch.float16, seed=5)
+    ref = outputs_and_grads(*inputs, seed=3, backend="recurrent")
+    out = outputs_and_grads(*inputs, seed=3, backend="triton")
+    assert out[0].dtype == torch.float16
+    assert_close(out, ref, FP16_BOUND)
+
+
+def test_triton_qk_l2norm_gradients_match_torch_path():
+    q, k, v, beta, s0 = make_inputs(1, 40, 2, 16, 16, dtype=torch.float32, seed=11)
+    k = 3 * k  # not unit norm: the op's normalisation must matter
+    ref = outputs_and_grads(q, k, v, beta, s0, seed=4, backend="torch", use_qk_l2norm=True)
+    out = outputs_and_grads(q, k, v, beta, s0, seed=4, backend="triton", use_qk_l2norm=True, allow_tf32=False,
+                            chunk_size=16)
+    assert_close(out, ref, FP32_BOUND)
+
+
+def test_triton_refuses_what_it_cannot_do():
+    q, k, v, beta, _ = make_inputs(1, 8, 1, 16, 16, dtype=torch.float64)
+    with pytest.raises(TypeError, match="float64"):
+        chunk_delta_rule(q, k, v, beta, backend="triton")
+    q, k, v, beta, _ = make_inputs(1, 8, 1, 16, 16, dtype=torch.float32)
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunk_delta_rule(q, k, v, beta, backend="triton", chunk_size=128)
+
+
+@pytest.mark.parametrize("fuse_output", [True, False])
+def test_triton_forward_with_and_without_output_fused_into_state_pass(monkeypatch, fuse_output):
+    from deltanet.ops.triton.common import LAUNCH
+
+    monkeypatch.setitem(LAUNCH, "state", {**LAUNCH["state"], "fuse_output": fuse_output})
+    lengths = [5, 70, 75]
+    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    q, k, v, beta, _ = make_inputs(1, sum(lengths), 2, 16, 32, dtype=torch.float32, seed=12)
+    s0 = make_inputs(1, 1, 2, 16, 32, dtype=torch.float32, seed=13, num_states=len(lengths))[4]
+    ref = outputs_and_grads(q, k, v, beta, s0, seed=5, backend="recurrent", cu_seqlens=cu)
+    out = outputs_and_grads(q, k, v, beta, s0, seed=5, backend="triton", cu_seqlens=cu, allow_tf32=False)
+    assert_close(out, ref, FP32_BOUND)
+
+
+def test_triton_recurrent_decoding_matches_float64_reference():
+    from deltanet.ops.triton.recurrent import recurrent_delta_rule_triton  # noqa: F401  (importable)
+
+    lengths = [3, 0, 1, 7]  # an empty sequence keeps its state
+    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    q, k, v, beta, _ = make_inputs(1, sum(lengths), 2, 16, 24, dtype=torch.float32, seed=21)
+    s0 = make_inputs(1, 1, 2, 16, 24, dtype=torch.float32, seed=22, num_states=len(lengths))[4]
+    o_ref, s_ref = recurrent_delta_rule(*(t.double() for t in (q, k, v, beta)), initial_state=s0.double(),
+                                        output_final_state=True, cu_seqlens=cu)
+    with torch.no_grad():
+        o, s = recurrent_delta_rule(q, k, v, beta, initial_state=s0, output_final_state=True, cu_seqlens=cu,
+                                    backend="triton")
+    assert rel_err(o, o_ref) <= FP32_BOUND and rel_err(s, s_ref) <= FP32_BOUND
+    state = s0.clone()
+    o2, s2 = recurrent_delta_rule(q, k, v, beta, initial_state=state, cu_seqlens=cu, backend="triton",
+                                  update_state_in_place=True)
+    assert s2.data_ptr() == state.data_ptr()
+    assert rel_err(state, s_ref) <= FP32_BOUND and torch.equal(o2, o)
+
+
+def test_triton_recurrent_steps_continue_a_chunked_prefill():
+    """Generation: chunked prefill, then one token at a time with the state carried in place."""
+    q, k, v, beta, s0 = make_inputs(2, 20, 2, 32, 16, dtype=torch.float32, seed=23)
+    o_ref, s_ref = recurrent_delta_rule(*(t.double() for t in (q, k, v, beta)), initial_state=s0.double(),
+                                        output_final_state=True)
+    o_pre, state = chunk_delta_rule(q[:, :15], k[:, :15], v[:, :15], beta[:, :15], initial_state=s0,
+                                    output_final_state=True, backend="triton", allow_tf32=False)
+    outputs = [o_pre]
+    for t in range(15, 20):
+        step = slice(t, t + 1)
+        o_t, _ = recurrent_delta_rule(q[:, step], k[:, step], v[:, step], beta[:, step], initial_state=state,
+                                      backend="triton", update_state_in_place=True)
+        outputs.append(o_t)
+    assert rel_err(torch.cat(outputs, dim=1), o_ref) <= FP32_BOUND
+    assert rel_err(state, s_ref) <= FP32_BOUND
