@@ -1,0 +1,489 @@
+"""Model-level benchmark: training throughput and decoding cost of DeltaNet against its baselines.
+
+Two sections, each side by side in one process on one device (`--sections train decode`):
+
+train   A training step (forward, backward, AdamW step; fused AdamW on CUDA) under bf16 autocast, float32
+        weights, of this project's DeltaNet, its Transformer++ of the same size, and flash-linear-attention's
+        DeltaNetForCausalLM with the same sizes and its default fusions (norms, SwiGLU, cross-entropy;
+        `fla` is imported only if installed, never a dependency). Random tokens, labels = inputs.
+        Tokens/s = B * T / the median step time over --steps timed steps after --warmup steps, each
+        ended by a device synchronisation. Peak memory is torch.cuda.max_memory_allocated over the
+        timed steps (weights, AdamW states and activations).
+decode  Batch 1, bf16 weights: prefill a random prompt of each --contexts length once (the chunked op for
+        DeltaNet, SDPA for Transformer++), then --decode-steps single-token steps with the cache, each
+        synchronised; time per token is their median. Memory: the cache's bytes, and the peak allocated
+        during the steps. DeltaNet's cache is constant in the context; Transformer++'s KV cache grows.
+
+Model FLOPs per trained token (reported as TFLOP/s, the convention of nanoGPT's estimate_mfu):
+    6 N                  N = parameters of the matrix products (all 2-D weights but the embedding)
+    + 6 L T d            softmax attention, causal (half of 12 L T d), d = heads * head_dim
+    + 6 L H (3CK + 2CV + 3KV)   DeltaNet's chunked delta rule per token (C = chunk, K = V = head_dim;
+                         the forward's products as in benchmarks/kernels.py, backward = 2 forwards)
+
+Run on a GPU (about 5 minutes on a fresh H100 with the defaults, most of it Triton compiling and
+autotuning ours and fla's kernels during the warm-up steps; progress lines show the seconds elapsed):
+    python -m deltanet.benchmarks.model --out results/
+Smoke test on a CPU:
+    python -m deltanet.benchmarks.model --out /tmp/b --device cpu --preset debug --shapes 1x64 --steps 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+import deltanet
+from deltanet.models import DeltaNetConfig, DeltaNetForCausalLM, output_cache, preset_config
+from deltanet.models.presets import SIZES
+
+DEFAULT_SHAPES = ["8x2048", "1x16384"]
+DEFAULT_CONTEXTS = [1024, 4096, 16384, 32768]
+_START = time.perf_counter()
+
+
+def progress(section: str, message: str) -> None:
+    """A progress line with the seconds since import: the first steps include Triton compilation."""
+    print(f"[{section} +{time.perf_counter() - _START:.0f}s] {message}", flush=True)
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def free_memory(device: torch.device) -> None:
+    """Return what the last model held to the device before the next one is built."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def is_out_of_memory(error: Exception) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error)
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    """Batch x sequence length, "8x2048" -> (8, 2048)."""
+    batch, seq_len = text.lower().split("x")
+    return int(batch), int(seq_len)
+
+
+def random_tokens(batch: int, seq_len: int, vocab_size: int, device: torch.device) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(vocab_size, (batch, seq_len), generator=generator).to(device)
+
+
+def matmul_parameters(model: torch.nn.Module) -> int:
+    """N of the 6 N formula: 2-D weights except the input embedding (lm_head counts)."""
+    return sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and "embed" not in name)
+
+
+def flops_per_token(model: torch.nn.Module, config: DeltaNetConfig, mixer: str, seq_len: int) -> float:
+    """Training FLOPs per token by the module docstring's formula."""
+    layers, heads, head_dim = config.num_hidden_layers, config.num_heads, config.head_dim
+    flops = 6 * matmul_parameters(model)
+    if mixer == "attn":
+        flops += 6 * layers * seq_len * heads * head_dim
+    elif mixer == "deltanet":
+        chunk = config.chunk_size
+        flops += 6 * layers * heads * (5 * chunk * head_dim + 3 * head_dim * head_dim)
+    return flops
+
+
+def fla_model_class():
+    """flash-linear-attention's (DeltaNetConfig, DeltaNetForCausalLM, version), or None if not importable."""
+    try:
+        import fla
+        from fla.models import DeltaNetConfig as FlaDeltaNetConfig
+        from fla.models import DeltaNetForCausalLM as FlaDeltaNetForCausalLM
+    # Not only ImportError: an fla built for another torch or triton can fail in many ways on import.
+    except Exception as error:  # noqa: BLE001
+        print(
+            f"flash-linear-attention not importable ({type(error).__name__}: {error}); left out", flush=True
+        )
+        return None
+    return FlaDeltaNetConfig, FlaDeltaNetForCausalLM, getattr(fla, "__version__", "?")
+
+
+def fla_config_like(fla_config_class, config: DeltaNetConfig):
+    """fla's DeltaNet with our sizes: same heads (head_dim = hidden * expand_k / heads), MLP, vocab, conv,
+    SiLU feature map, L2-normalised q and k, sigmoid beta, per-head RMSNorm output, no output gate."""
+    if config.num_heads * config.head_dim != config.hidden_size:
+        raise ValueError("fla's DeltaNet needs num_heads * head_dim == hidden_size (expand_k = expand_v = 1)")
+    return fla_config_class(
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_heads=config.num_heads,
+        expand_k=1.0,
+        expand_v=1.0,
+        intermediate_size=config.intermediate_size,
+        vocab_size=config.vocab_size,
+        norm_eps=config.norm_eps,
+        use_short_conv=config.use_short_conv,
+        conv_size=config.conv_size,
+        qk_activation="silu",
+        qk_norm="l2",
+        use_beta=True,
+        use_gate=config.use_output_gate,
+        allow_neg_eigval=config.allow_neg_eigval,
+        tie_word_embeddings=config.tie_word_embeddings,
+        initializer_range=config.initializer_range,
+        use_cache=False,
+    )
+
+
+def model_builders(size: str, fla: tuple | None) -> dict:
+    """name -> (our config for the FLOP formula, mixer kind, function building the model).
+
+    fla: what `fla_model_class` returned, or None to leave flash-linear-attention out.
+    """
+    deltanet_config = preset_config(f"deltanet-{size}")
+    transformer_config = preset_config(f"transformer++-{size}")
+    builders = {
+        "deltanet": (deltanet_config, "deltanet", lambda: DeltaNetForCausalLM(deltanet_config)),
+        "transformer++": (transformer_config, "attn", lambda: DeltaNetForCausalLM(transformer_config)),
+    }
+    if fla is not None:
+        fla_config_class, fla_model, _ = fla
+        fla_config = fla_config_like(fla_config_class, deltanet_config)
+        builders["fla-deltanet"] = (deltanet_config, "deltanet", lambda: fla_model(fla_config))
+    return builders
+
+
+def build_on(device: torch.device, build) -> torch.nn.Module:
+    with torch.device(device):  # initialise on the device: a 340M model's init on the CPU takes seconds
+        return build()
+
+
+# --- training ---------------------------------------------------------------------------------------------
+
+
+def time_training(model, optimizer, ids, device: torch.device, warmup: int, steps: int):
+    """Median seconds per step, peak memory and the last loss of `steps` timed steps after `warmup`."""
+
+    def step() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    reset_peak_memory(device)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        loss = step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), peak_memory_gib(device), loss.item()
+
+
+def run_training(size, shapes, device, warmup, steps, fla) -> list[dict]:
+    rows = []
+    for name, (config, mixer, build) in model_builders(size, fla).items():
+        progress("train", f"building {name} ({size})")
+        model = build_on(device, build).train()
+        num_params = sum(p.numel() for p in model.parameters())
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        for batch, seq_len in shapes:
+            progress("train", f"{name} {batch}x{seq_len}: {warmup} warm-up + {steps} timed steps")
+            row = dict(model=name, batch=batch, seq_len=seq_len, params=num_params)
+            try:
+                ids = random_tokens(batch, seq_len, config.vocab_size, device)
+                step_s, peak_gib, loss = time_training(model, optimizer, ids, device, warmup, steps)
+                tokens_per_s = batch * seq_len / step_s
+                tflops = flops_per_token(model, config, mixer, seq_len) * tokens_per_s / 1e12
+                row.update(
+                    step_s=step_s,
+                    tokens_per_s=tokens_per_s,
+                    peak_gib=peak_gib,
+                    loss=loss,
+                    model_tflops=tflops,
+                )
+                peak = "" if peak_gib is None else f", peak {peak_gib:.1f} GiB"
+                progress(
+                    "train", f"{name} {batch}x{seq_len}: {tokens_per_s:,.0f} tokens/s, loss {loss:.3f}{peak}"
+                )
+            except RuntimeError as error:
+                if not is_out_of_memory(error):
+                    raise
+                row.update(error="out of memory")
+                progress("train", f"{name} {batch}x{seq_len}: out of memory")
+            optimizer.zero_grad(set_to_none=True)
+            ids = None
+            free_memory(device)
+            rows.append(row)
+        del model, optimizer
+        free_memory(device)
+    return rows
+
+
+# --- decoding ---------------------------------------------------------------------------------------------
+
+
+def cache_bytes(cache) -> int:
+    return sum(t.numel() * t.element_size() for entry in cache.layers for t in entry.tensors.values())
+
+
+@torch.no_grad()
+def time_decoding(model, context: int, vocab_size: int, device: torch.device, steps: int) -> dict:
+    """Prefill `context` random tokens once, then `steps` greedy single-token steps with the cache."""
+    prompt = random_tokens(1, context, vocab_size, device)
+    synchronize(device)
+    start = time.perf_counter()
+    out = model(prompt, use_cache=True, logits_to_keep=1)
+    synchronize(device)
+    prefill_s = time.perf_counter() - start
+    cache, token = output_cache(out), out.logits[:, -1:].argmax(-1)
+    reset_peak_memory(device)
+    times = []
+    for _ in range(steps + 2):  # the first two steps are warm-up (allocator, kernel selection)
+        start = time.perf_counter()
+        out = model(token, cache=cache, logits_to_keep=1)
+        token = out.logits[:, -1:].argmax(-1)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return dict(
+        prefill_s=prefill_s,
+        ms_per_token=1e3 * statistics.median(times[2:]),
+        cache_mib=cache_bytes(cache) / 2**20,
+        peak_gib=peak_memory_gib(device),
+    )
+
+
+def run_decoding(size, contexts, device, steps, budget_s) -> list[dict]:
+    rows = []
+    for name in ("deltanet", "transformer++"):
+        config = preset_config(f"{name}-{size}")
+        progress("decode", f"building {name} ({size}, bf16)")
+        model = build_on(device, lambda config=config: DeltaNetForCausalLM(config))
+        model = model.to(torch.bfloat16).eval()
+        give_up = None  # once a context runs out of memory or time, longer ones are not tried
+        for context in contexts:
+            row = dict(model=name, context=context)
+            if give_up is not None:
+                row.update(error=give_up)
+                rows.append(row)
+                continue
+            progress("decode", f"{name} context {context}: prefill + {steps} steps")
+            start = time.perf_counter()
+            try:
+                row.update(time_decoding(model, context, config.vocab_size, device, steps))
+                progress(
+                    "decode",
+                    f"{name} context {context}: {row['ms_per_token']:.2f} ms/token, "
+                    f"cache {row['cache_mib']:.1f} MiB",
+                )
+                if time.perf_counter() - start > budget_s:
+                    give_up = f"skipped: context {context} took over {budget_s:.0f} s"
+            except RuntimeError as error:
+                if not is_out_of_memory(error):
+                    raise
+                row.update(error="out of memory")
+                give_up = f"skipped: context {context} ran out of memory"
+                progress("decode", f"{name} context {context}: out of memory")
+            free_memory(device)
+            rows.append(row)
+        del model
+        free_memory(device)
+    return rows
+
+
+# --- report -----------------------------------------------------------------------------------------------
+
+
+def ratio(numerator: dict | None, denominator: dict | None, key: str) -> float | None:
+    if not numerator or not denominator or key not in numerator or key not in denominator:
+        return None
+    return numerator[key] / denominator[key]
+
+
+def training_ratios(rows: list[dict]) -> list[dict]:
+    """Per shape: tokens/s of ours over fla's and over Transformer++'s (> 1: ours faster)."""
+    by_shape: dict[tuple[int, int], dict[str, dict]] = {}
+    for row in rows:
+        by_shape.setdefault((row["batch"], row["seq_len"]), {})[row["model"]] = row
+    return [
+        dict(
+            batch=batch,
+            seq_len=seq_len,
+            ours_over_fla=ratio(models.get("deltanet"), models.get("fla-deltanet"), "tokens_per_s"),
+            ours_over_transformer=ratio(models.get("deltanet"), models.get("transformer++"), "tokens_per_s"),
+        )
+        for (batch, seq_len), models in by_shape.items()
+    ]
+
+
+def fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_tables(result: dict) -> None:
+    print(
+        f"\n# {result['device']}, {result['date']}, preset size {result['size']}, torch {result['torch']}, "
+        f"transformers {result['transformers']}, fla {result['fla'] or 'not installed'}"
+    )
+    if result.get("train"):
+        print(f"\n{'model':<14} {'shape':>8} {'params M':>9} {'tokens/s':>10} {'TFLOP/s':>8} {'peak GiB':>9}")
+        for row in result["train"]:
+            shape = f"{row['batch']}x{row['seq_len']}"
+            if "error" in row:
+                print(f"{row['model']:<14} {shape:>8} {row['params'] / 1e6:>9.1f} {row['error']:>10}")
+                continue
+            print(
+                f"{row['model']:<14} {shape:>8} {row['params'] / 1e6:>9.1f} {row['tokens_per_s']:>10,.0f} "
+                f"{row['model_tflops']:>8.1f} {fmt(row['peak_gib'], '.1f'):>9}"
+            )
+        print(
+            f"\n{'shape':>8} {'ours/fla':>9} {'ours/T++':>9}   (tokens/s ratios; issue 4's bar on one H100 "
+            "at 340M: ours/fla >= 1.1; ours/T++ >= 1 at 8x2048, > 1 at 1x16384)"
+        )
+        for row in result["train_ratios"]:
+            print(
+                f"{row['batch']}x{row['seq_len']:<6} {fmt(row['ours_over_fla'], '.2f'):>9} "
+                f"{fmt(row['ours_over_transformer'], '.2f'):>9}"
+            )
+    if result.get("decode"):
+        header = f"{'model':<14} {'context':>8} {'ms/token':>9} {'cache MiB':>10} {'peak GiB':>9}"
+        print(f"\n{header} {'prefill s':>10}")
+        for row in result["decode"]:
+            if "error" in row:
+                print(f"{row['model']:<14} {row['context']:>8} {row['error']}")
+                continue
+            print(
+                f"{row['model']:<14} {row['context']:>8} {row['ms_per_token']:>9.2f} "
+                f"{row['cache_mib']:>10.1f} {fmt(row['peak_gib'], '.2f'):>9} {row['prefill_s']:>10.2f}"
+            )
+
+
+def plot_decoding(rows: list[dict], title: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in sorted({row["model"] for row in rows}):
+        points = [row for row in rows if row["model"] == name and "error" not in row]
+        contexts = [row["context"] for row in points]
+        time_ax.plot(contexts, [row["ms_per_token"] for row in points], marker="o", label=name)
+        memory_ax.plot(contexts, [row["cache_mib"] for row in points], marker="o", label=name)
+    for axis, label in ((time_ax, "ms per generated token (batch 1)"), (memory_ax, "cache MiB")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("context (prompt tokens)")
+        axis.set_ylabel(label)
+        axis.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", required=True, help="folder for model.json and model_decode.png")
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu for a smoke test")
+    parser.add_argument(
+        "--preset",
+        "--size",
+        dest="size",
+        default="340m",
+        choices=sorted(SIZES),
+        help="model size of the deltanet-* and transformer++-* presets (default 340m)",
+    )
+    parser.add_argument("--sections", nargs="+", default=["train", "decode"], choices=["train", "decode"])
+    parser.add_argument(
+        "--shapes", nargs="+", default=DEFAULT_SHAPES, help="training BxT (default 8x2048 1x16384)"
+    )
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per shape (default 10)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed training steps first (default 3)")
+    parser.add_argument(
+        "--no-fla", action="store_true", help="leave flash-linear-attention out even if installed"
+    )
+    parser.add_argument(
+        "--contexts",
+        type=int,
+        nargs="+",
+        default=DEFAULT_CONTEXTS,
+        help="decoding prompt lengths (default 1024 4096 16384 32768)",
+    )
+    parser.add_argument("--decode-steps", type=int, default=32, help="timed decoding steps per context")
+    parser.add_argument(
+        "--decode-budget-s",
+        type=float,
+        default=60.0,
+        help="a model whose context took longer skips the longer ones (default 60)",
+    )
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    fla = None
+    if device.type != "cuda" and not args.no_fla:
+        print("flash-linear-attention left out: its kernels need a GPU", flush=True)
+    elif not args.no_fla:
+        fla = fla_model_class()
+    import transformers
+
+    result = dict(
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        date=str(datetime.date.today()),
+        size=args.size,
+        deltanet=deltanet.__version__,
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        fla=fla[2] if fla else None,
+        args=vars(args),
+    )
+    print(f"# model benchmark on {result['device']}: sections {' '.join(args.sections)}", flush=True)
+    if "train" in args.sections:
+        shapes = [parse_shape(shape) for shape in args.shapes]
+        result["train"] = run_training(args.size, shapes, device, args.warmup, args.steps, fla)
+        result["train_ratios"] = training_ratios(result["train"])
+    if "decode" in args.sections:
+        result["decode"] = run_decoding(
+            args.size, args.contexts, device, args.decode_steps, args.decode_budget_s
+        )
+
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "model.json"), "w") as file:
+        json.dump(result, file, indent=1)
+    if result.get("decode"):
+        try:
+            plot_decoding(
+                result["decode"],
+                f"{result['device']}, {result['date']}",
+                os.path.join(args.out, "model_decode.png"),
+            )
+        except ImportError:
+            print("matplotlib not importable: no plot", flush=True)
+    print_tables(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

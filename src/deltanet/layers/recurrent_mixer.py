@@ -1,0 +1,118 @@
+"""The frame shared by DeltaNet and its linear-attention baseline, so that they differ only in the recurrence.
+
+    x -> q, k, v = W_q x, W_k x, W_v x           (no bias)
+      -> causal depthwise short conv on each      (optional, width conv_size)
+      -> SiLU, split into H heads of size D
+      -> recurrence over time (subclass)          (q and k L2-normalised there)
+      -> per-head RMSNorm, or RMSNorm(o) * silu(W_g x) with the output gate
+      -> W_o
+
+The cache entry holds the recurrent state and the three conv states ("conv_q", "conv_k", "conv_v").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deltanet.layers.cache_entries import RecurrentCacheEntry
+from deltanet.layers.conv import ShortConvolution
+from deltanet.layers.mixer import TokenMixer
+from deltanet.layers.norm import GatedRMSNorm, RMSNorm
+from deltanet.layers.sequence_info import SequenceInfo
+
+
+class LinearRecurrentMixer(TokenMixer):
+    """Base of the mixers whose state is a [K, V] matrix per head; subclasses define `recurrence`.
+
+    Args:
+        hidden_size: model width.
+        num_heads, head_dim: H heads with key and value size D.
+        layer_idx: index of this layer in the model (its cache entry).
+        use_short_conv, conv_size: the causal depthwise conv on q, k and v, and its width.
+        use_output_gate: gated RMSNorm with an output gate W_g x instead of a plain RMSNorm.
+        norm_eps: epsilon of the output norm.
+    """
+
+    cache_entry_type = RecurrentCacheEntry
+    projection_names = ("q", "k", "v")
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        head_dim: int,
+        layer_idx: int,
+        use_short_conv: bool = True,
+        conv_size: int = 4,
+        use_output_gate: bool = False,
+        norm_eps: float = 1e-6,
+    ) -> None:
+        super().__init__(layer_idx)
+        self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim
+        self.use_short_conv, self.use_output_gate = use_short_conv, use_output_gate
+        inner = num_heads * head_dim
+        self.q_proj = nn.Linear(hidden_size, inner, bias=False)
+        self.k_proj = nn.Linear(hidden_size, inner, bias=False)
+        self.v_proj = nn.Linear(hidden_size, inner, bias=False)
+        if use_short_conv:
+            self.q_conv = ShortConvolution(inner, conv_size)
+            self.k_conv = ShortConvolution(inner, conv_size)
+            self.v_conv = ShortConvolution(inner, conv_size)
+        if use_output_gate:
+            self.g_proj = nn.Linear(hidden_size, inner, bias=False)
+            self.o_norm: nn.Module = GatedRMSNorm(head_dim, eps=norm_eps)
+        else:
+            self.o_norm = RMSNorm(head_dim, eps=norm_eps)
+        self.o_proj = nn.Linear(inner, hidden_size, bias=False)
+
+    def features(
+        self, hidden_states: torch.Tensor, info: SequenceInfo, entry: RecurrentCacheEntry | None
+    ) -> list[torch.Tensor]:
+        """q, k, v [B, T, H, D] after projection, short conv and SiLU (q and k not yet L2-normalised)."""
+        batch, seq_len, _ = hidden_states.shape
+        outputs = []
+        for name in self.projection_names:
+            x = getattr(self, f"{name}_proj")(hidden_states)  # [B, T, H * D]
+            if self.use_short_conv:
+                conv: ShortConvolution = getattr(self, f"{name}_conv")
+                state = None if entry is None else entry.get(f"conv_{name}")
+                x, new_state = conv(x, info, state=state, return_state=entry is not None)
+                if entry is not None:
+                    entry.set(f"conv_{name}", new_state)
+            outputs.append(F.silu(x).view(batch, seq_len, self.num_heads, self.head_dim))
+        return outputs
+
+    def recurrence(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        hidden_states: torch.Tensor,
+        info: SequenceInfo,
+        initial_state: torch.Tensor | None,
+        output_final_state: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """q, k, v [B, T, H, D] -> o [B, T, H, D] in v's dtype, and the final state [B, H, D, D] or None."""
+        raise NotImplementedError
+
+    def forward(
+        self, hidden_states: torch.Tensor, info: SequenceInfo, cache: Any | None = None
+    ) -> torch.Tensor:
+        """hidden_states [B, T, hidden_size] -> [B, T, hidden_size]; updates this layer's cache entry."""
+        batch, seq_len, _ = hidden_states.shape
+        entry = self.cache_entry(cache)
+        q, k, v = self.features(hidden_states, info, entry)
+        initial_state = None if entry is None else entry.get("recurrent_state")
+        o, final_state = self.recurrence(q, k, v, hidden_states, info, initial_state, entry is not None)
+        if entry is not None:
+            entry.set("recurrent_state", final_state)
+        if self.use_output_gate:
+            gate = self.g_proj(hidden_states).view(batch, seq_len, self.num_heads, self.head_dim)
+            o = self.o_norm(o, gate)
+        else:
+            o = self.o_norm(o)
+        return self.o_proj(o.reshape(batch, seq_len, -1))
