@@ -163,3 +163,23 @@ def test_triton_recurrent_steps_continue_a_chunked_prefill():
         outputs.append(o_t)
     assert rel_err(torch.cat(outputs, dim=1), o_ref) <= FP32_BOUND
     assert rel_err(state, s_ref) <= FP32_BOUND
+
+
+@pytest.mark.parametrize("lengths", [None, [1, 150, 0, 64, 97]])
+def test_triton_segmented_state_passes_match_float64_recurrence(monkeypatch, lengths):
+    """Sequences cut into segments of 1 chunk whose passes run in parallel, then composed."""
+    from deltanet.ops.triton.common import LAUNCH
+
+    monkeypatch.setitem(LAUNCH, "state", {**LAUNCH["state"], "segment_chunks": 1})
+    if lengths is None:
+        cu, (q, k, v, beta, s0) = None, make_inputs(2, 150, 2, 16, 24, dtype=torch.float32, seed=31)
+    else:
+        cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+        q, k, v, beta, _ = make_inputs(1, sum(lengths), 2, 16, 24, dtype=torch.float32, seed=32)
+        s0 = make_inputs(1, 1, 2, 16, 24, dtype=torch.float32, seed=33, num_states=len(lengths))[4]
+    ref = outputs_and_grads(q, k, v, beta, s0, seed=6, backend="recurrent", cu_seqlens=cu)
+    for fuse_output in (True, False):
+        monkeypatch.setitem(LAUNCH, "state", {**LAUNCH["state"], "fuse_output": fuse_output})
+        out = outputs_and_grads(q, k, v, beta, s0, seed=6, backend="triton", cu_seqlens=cu, chunk_size=32,
+                                allow_tf32=False)
+        assert_close(out, ref, FP32_BOUND)

@@ -15,8 +15,9 @@ import torch
 
 from deltanet.ops.l2norm import l2_normalize
 from deltanet.ops.triton.backward import chunk_bwd
-from deltanet.ops.triton.common import chunk_tables
+from deltanet.ops.triton.common import LAUNCH, chunk_tables
 from deltanet.ops.triton.output import output_fwd
+from deltanet.ops.triton.segments import segment_chunks_for, segmented_state_bwd, segmented_state_fwd
 from deltanet.ops.triton.state import fuse_output_in_state_pass, state_bwd, state_fwd
 from deltanet.ops.triton.wy import wy_fwd
 
@@ -30,6 +31,32 @@ def _plan(q, cu_seqlens, chunk_size):
     return num_seqs, num_chunks, chunk_indices, chunk_offsets
 
 
+def _segment_chunks(k, V, plan, cu_seqlens, chunk_size):
+    """Chunks per segment for the state passes, or None to run them whole (segments.py)."""
+    if LAUNCH["state"]["segment_chunks"] is None:
+        return None
+    num_seqs, _, _, chunk_offsets = plan
+    B, T, H, K = k.shape
+    if cu_seqlens is None:
+        longest = -(-T // chunk_size)
+    else:
+        longest = int((chunk_offsets[1:] - chunk_offsets[:-1]).max())
+    return segment_chunks_for(V, K, num_seqs, H, longest, k.device)
+
+
+def _state_fwd(k, w, u, initial_state, output_final_state, cu_seqlens, chunk_size, dot_precision, plan,
+               **fused):
+    """state.state_fwd, or its segmented form when that pays (same arguments and results)."""
+    num_seqs, num_chunks, _, chunk_offsets = plan
+    T = k.shape[1]
+    segment_chunks = _segment_chunks(k, u.shape[-1], plan, cu_seqlens, chunk_size)
+    if segment_chunks is not None:
+        return segmented_state_fwd(k, w, u, initial_state, output_final_state, cu_seqlens, num_seqs,
+                                   num_chunks, T, chunk_size, dot_precision, segment_chunks, **fused)
+    return state_fwd(k, w, u, initial_state, output_final_state, cu_seqlens, chunk_offsets, num_seqs,
+                     num_chunks, T, chunk_size, dot_precision, **fused)
+
+
 def _recompute_forward(k, v, beta, initial_state, cu_seqlens, chunk_size, dot_precision, plan):
     """The backward's recomputation:
     -> {w, u, a_inv: (I + A)^-1 [B, T, H, C], h [chunks, H, K, V], u_tilde}."""
@@ -37,8 +64,7 @@ def _recompute_forward(k, v, beta, initial_state, cu_seqlens, chunk_size, dot_pr
     T = k.shape[1]
     w, u, a_inv = wy_fwd(k, v, beta, cu_seqlens, chunk_indices, num_chunks, T, chunk_size, dot_precision,
                          store_a_inv=True)
-    h, u_tilde, _ = state_fwd(k, w, u, initial_state, False, cu_seqlens, chunk_offsets, num_seqs, num_chunks,
-                              T, chunk_size, dot_precision)
+    h, u_tilde, _ = _state_fwd(k, w, u, initial_state, False, cu_seqlens, chunk_size, dot_precision, plan)
     return {"w": w, "u": u, "a_inv": a_inv, "h": h, "u_tilde": u_tilde}
 
 
@@ -51,18 +77,15 @@ def chunk_delta_rule_fwd(
     """-> o [B, T, H, V] like v, final state [N, H, K, V] float32 (empty [0] when not asked for)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    num_seqs, num_chunks, chunk_indices, chunk_offsets = _plan(q, cu_seqlens, chunk_size)
+    plan = _plan(q, cu_seqlens, chunk_size)
+    num_seqs, num_chunks, chunk_indices, chunk_offsets = plan
     w, u, _ = wy_fwd(k, v, beta, cu_seqlens, chunk_indices, num_chunks, T, chunk_size, dot_precision)
     if fuse_output_in_state_pass(V, K, num_seqs, H, q.device):
-        o, _, final_state = state_fwd(
-            k, w, u, initial_state, output_final_state, cu_seqlens, chunk_offsets, num_seqs, num_chunks, T,
-            chunk_size, dot_precision, q=q, scale=scale, out_dtype=v.dtype,
-        )
+        o, _, final_state = _state_fwd(k, w, u, initial_state, output_final_state, cu_seqlens, chunk_size,
+                                       dot_precision, plan, q=q, scale=scale, out_dtype=v.dtype)
     else:
-        h, u_tilde, final_state = state_fwd(
-            k, w, u, initial_state, output_final_state, cu_seqlens, chunk_offsets, num_seqs, num_chunks, T,
-            chunk_size, dot_precision,
-        )
+        h, u_tilde, final_state = _state_fwd(k, w, u, initial_state, output_final_state, cu_seqlens,
+                                             chunk_size, dot_precision, plan)
         o = output_fwd(q, k, h, u_tilde, scale, cu_seqlens, chunk_indices, num_chunks, T, chunk_size,
                        dot_precision, v.dtype)
     if final_state is None:
@@ -88,10 +111,17 @@ def chunk_delta_rule_bwd(
     plan = _plan(q, cu_seqlens, chunk_size)
     num_seqs, num_chunks, chunk_indices, chunk_offsets = plan
     recomputed = _recompute_forward(k, v, beta, initial_state, cu_seqlens, chunk_size, dot_precision, plan)
-    recomputed["dh"], recomputed["du_tilde"], dh0 = state_bwd(
-        q, k, recomputed["w"], do, dht, need_initial_state_grad, scale, cu_seqlens, chunk_offsets, num_seqs,
-        num_chunks, T, chunk_size, dot_precision,
-    )
+    segment_chunks = _segment_chunks(k, v.shape[-1], plan, cu_seqlens, chunk_size)
+    if segment_chunks is not None:
+        recomputed["dh"], recomputed["du_tilde"], dh0 = segmented_state_bwd(
+            q, k, recomputed["w"], do, dht, need_initial_state_grad, scale, cu_seqlens, num_seqs, num_chunks,
+            T, chunk_size, dot_precision, segment_chunks,
+        )
+    else:
+        recomputed["dh"], recomputed["du_tilde"], dh0 = state_bwd(
+            q, k, recomputed["w"], do, dht, need_initial_state_grad, scale, cu_seqlens, chunk_offsets,
+            num_seqs, num_chunks, T, chunk_size, dot_precision,
+        )
     # chunk_bwd frees the intermediates as it goes; no other reference to them may stay alive here.
     dq, dk, dv, dbeta = chunk_bwd(q, k, v, beta, do, recomputed, scale, cu_seqlens, chunk_indices, num_chunks,
                                   T, chunk_size, dot_precision)

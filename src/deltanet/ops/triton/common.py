@@ -93,10 +93,13 @@ def chunk_tables(cu_seqlens: torch.Tensor | None, batch: int, seq_len: int, chun
 # overrides them to sweep. block_v: value columns per program (capped by the value dim).
 # The state passes use block_v when that gives at least one program per multiprocessor, else
 # block_v_small (more programs for the sequential pass: long sequences with few heads). fuse_output:
-# "auto", True or False (see state.fuse_output_in_state_pass).
+# "auto", True or False (see state.fuse_output_in_state_pass). segment_chunks: None (whole sequences) or
+# chunks per segment for the segmented state passes (segments.py; off until measured on a GPU).
 LAUNCH = {
     "wy": {"num_warps": 4, "block_v": 64},
-    "state": {"num_warps": 4, "block_v": 64, "block_v_small": 32, "fuse_output": True},
+    "state": {
+        "num_warps": 4, "block_v": 64, "block_v_small": 32, "fuse_output": True, "segment_chunks": None,
+    },
     "output": {"num_warps": 4, "block_v": 64},
     "bwd_direct": {"num_warps": 4, "block_v": 64, "block_k": 64},
     "bwd_through_wy": {"num_warps": 4, "block_v": 64},
