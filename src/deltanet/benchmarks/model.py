@@ -152,10 +152,12 @@ def fla_config_like(fla_config_class, config: DeltaNetConfig):
     )
 
 
-def model_builders(size: str, fla: tuple | None) -> dict:
+def model_builders(size: str, fla: tuple | None, compiled: bool = False) -> dict:
     """name -> (our config for the FLOP formula, mixer kind, function building the model).
 
     fla: what `fla_model_class` returned, or None to leave flash-linear-attention out.
+    compiled: also this project's models under torch.compile(fullgraph=True) (the delta-rule op is a
+    registered custom op, so the whole model compiles as one graph; fla's ops break the graph).
     """
     deltanet_config = preset_config(f"deltanet-{size}")
     transformer_config = preset_config(f"transformer++-{size}")
@@ -163,6 +165,13 @@ def model_builders(size: str, fla: tuple | None) -> dict:
         "deltanet": (deltanet_config, "deltanet", lambda: DeltaNetForCausalLM(deltanet_config)),
         "transformer++": (transformer_config, "attn", lambda: DeltaNetForCausalLM(transformer_config)),
     }
+    if compiled:
+        for name in list(builders):
+            config, mixer, build = builders[name]
+            def build_compiled(build=build):
+                return torch.compile(build(), fullgraph=True)
+
+            builders[f"{name} compiled"] = (config, mixer, build_compiled)
     if fla is not None:
         fla_config_class, fla_model, _ = fla
         fla_config = fla_config_like(fla_config_class, deltanet_config)
@@ -202,9 +211,9 @@ def time_training(model, optimizer, ids, device: torch.device, warmup: int, step
     return statistics.median(times), peak_memory_gib(device), loss.item()
 
 
-def run_training(size, shapes, device, warmup, steps, fla) -> list[dict]:
+def run_training(size, shapes, device, warmup, steps, fla, compiled=False) -> list[dict]:
     rows = []
-    for name, (config, mixer, build) in model_builders(size, fla).items():
+    for name, (config, mixer, build) in model_builders(size, fla, compiled).items():
         progress("train", f"building {name} ({size})")
         model = build_on(device, build).train()
         num_params = sum(p.numel() for p in model.parameters())
@@ -348,14 +357,14 @@ def print_tables(result: dict) -> None:
         f"transformers {result['transformers']}, fla {result['fla'] or 'not installed'}"
     )
     if result.get("train"):
-        print(f"\n{'model':<14} {'shape':>8} {'params M':>9} {'tokens/s':>10} {'TFLOP/s':>8} {'peak GiB':>9}")
+        print(f"\n{'model':<24} {'shape':>8} {'params M':>9} {'tokens/s':>10} {'TFLOP/s':>8} {'peak GiB':>9}")
         for row in result["train"]:
             shape = f"{row['batch']}x{row['seq_len']}"
             if "error" in row:
-                print(f"{row['model']:<14} {shape:>8} {row['params'] / 1e6:>9.1f} {row['error']:>10}")
+                print(f"{row['model']:<24} {shape:>8} {row['params'] / 1e6:>9.1f} {row['error']:>10}")
                 continue
             print(
-                f"{row['model']:<14} {shape:>8} {row['params'] / 1e6:>9.1f} {row['tokens_per_s']:>10,.0f} "
+                f"{row['model']:<24} {shape:>8} {row['params'] / 1e6:>9.1f} {row['tokens_per_s']:>10,.0f} "
                 f"{row['model_tflops']:>8.1f} {fmt(row['peak_gib'], '.1f'):>9}"
             )
         print(
@@ -432,6 +441,10 @@ def main(argv: list[str] | None = None) -> dict:
         default=DEFAULT_CONTEXTS,
         help="decoding prompt lengths (default 1024 4096 16384 32768)",
     )
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="training: also time this project's models under torch.compile(fullgraph=True)",
+    )
     parser.add_argument("--decode-steps", type=int, default=32, help="timed decoding steps per context")
     parser.add_argument(
         "--decode-budget-s",
@@ -462,7 +475,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"# model benchmark on {result['device']}: sections {' '.join(args.sections)}", flush=True)
     if "train" in args.sections:
         shapes = [parse_shape(shape) for shape in args.shapes]
-        result["train"] = run_training(args.size, shapes, device, args.warmup, args.steps, fla)
+        result["train"] = run_training(args.size, shapes, device, args.warmup, args.steps, fla, args.compile)
         result["train_ratios"] = training_ratios(result["train"])
     if "decode" in args.sections:
         result["decode"] = run_decoding(
