@@ -50,48 +50,59 @@ def segments_probe():
         LAUNCH["state"]["segment_chunks"] = None
 
 
-def stages(B, T, H, D, C=64, prec="tf32"):
+def stages(B, T, H, D, C=64, prec="tf32", lengths=None):
+    """Median ms of each launch alone; lengths: a packed batch (B must be 1) with these sequence lengths."""
     g = torch.Generator(device="cuda").manual_seed(0)
     q = torch.randn(B, T, H, D, device="cuda", generator=g).bfloat16()
     k = F.normalize(torch.randn(B, T, H, D, device="cuda", generator=g), dim=-1).bfloat16()
     v = torch.randn(B, T, H, D, device="cuda", generator=g).bfloat16()
     beta = torch.rand(B, T, H, device="cuda", generator=g).bfloat16()
     do = torch.randn_like(v)
-    num_seqs, nc, ci, co = tc._plan(q, None, C)
-    t0 = time.time()
-    w, u, a_inv = wy_fwd(k, v, beta, None, ci, nc, T, C, prec, store_a_inv=True)
-    h, ut, _ = state_fwd(k, w, u, None, False, None, co, num_seqs, nc, T, C, prec)
-    output_fwd(q, k, h, ut, D**-0.5, None, ci, nc, T, C, prec, v.dtype)
-    dh, dut, _ = state_bwd(q, k, w, do, None, False, D**-0.5, None, co, num_seqs, nc, T, C, prec)
+    cu = None if lengths is None else torch.tensor([0] + lengths, device="cuda").cumsum(0).to(torch.int32)
+    num_seqs, nc, ci, co = tc._plan(q, cu, C)
+    s = D**-0.5
+
+    def wy(store=False):
+        return wy_fwd(k, v, beta, cu, ci, nc, T, C, prec, store_a_inv=store)
+
+    def states(**fused):
+        return state_fwd(k, w, u, None, False, cu, co, num_seqs, nc, T, C, prec, **fused)
+
+    def reverse():
+        return state_bwd(q, k, w, do, None, False, s, cu, co, num_seqs, nc, T, C, prec)
 
     def recomputed():
         return dict(w=w, u=u, a_inv=a_inv, h=h, u_tilde=ut, dh=dh, du_tilde=dut)
 
-    chunk_bwd(q, k, v, beta, do, recomputed(), D**-0.5, None, ci, nc, T, C, prec)
+    t0 = time.time()
+    w, u, a_inv = wy(store=True)
+    h, ut, _ = states()
+    output_fwd(q, k, h, ut, s, cu, ci, nc, T, C, prec, v.dtype)
+    dh, dut, _ = reverse()
+    chunk_bwd(q, k, v, beta, do, recomputed(), s, cu, ci, nc, T, C, prec)
     torch.cuda.synchronize()
     print(f"  first call (compile) {time.time() - t0:.1f} s", flush=True)
-    times = {
-        "wy_fwd": bench(lambda: wy_fwd(k, v, beta, None, ci, nc, T, C, prec)),
-        "state_fwd": bench(lambda: state_fwd(k, w, u, None, False, None, co, num_seqs, nc, T, C, prec)),
-        "output_fwd": bench(lambda: output_fwd(q, k, h, ut, D**-0.5, None, ci, nc, T, C, prec, v.dtype)),
-        "state+output fused": bench(lambda: state_fwd(k, w, u, None, False, None, co, num_seqs, nc, T, C,
-                                                      prec, q=q, scale=D**-0.5, out_dtype=v.dtype)),
-        "state_bwd": bench(lambda: state_bwd(q, k, w, do, None, False, D**-0.5, None, co, num_seqs, nc, T, C,
-                                             prec)),
-        "chunk_bwd": bench(lambda: chunk_bwd(q, k, v, beta, do, recomputed(), D**-0.5, None, ci, nc, T, C,
-                                             prec)),
+    return {
+        "wy_fwd": bench(wy),
+        "state_fwd": bench(states),
+        "output_fwd": bench(lambda: output_fwd(q, k, h, ut, s, cu, ci, nc, T, C, prec, v.dtype)),
+        "state+output fused": bench(lambda: states(q=q, scale=s, out_dtype=v.dtype)),
+        "state_bwd": bench(reverse),
+        "chunk_bwd": bench(lambda: chunk_bwd(q, k, v, beta, do, recomputed(), s, cu, ci, nc, T, C, prec)),
     }
-    return times
 
 
 if __name__ == "__main__":
-
     if "--segments" in sys.argv:
         segments_probe()
         sys.exit(0)
-    for shape in [(8, 2048, 16, 128), (1, 32768, 16, 128), (8, 2048, 8, 64)]:
-        print(shape, flush=True)
-        t = stages(*shape)
+    from deltanet.benchmarks.kernels import VARLEN_LENGTHS
+
+    cases = [((8, 2048, 16, 128), None), ((1, 32768, 16, 128), None), ((8, 2048, 8, 64), None),
+             ((1, sum(VARLEN_LENGTHS), 16, 128), VARLEN_LENGTHS)]
+    for shape, lengths in cases:
+        print(shape, "varlen" if lengths else "", flush=True)
+        t = stages(*shape, lengths=lengths)
         fwd = t["wy_fwd"] + t["state_fwd"] + t["output_fwd"]
         fused = t["wy_fwd"] + t["state+output fused"]
         bwd = t["wy_fwd"] + t["state_fwd"] + t["state_bwd"] + t["chunk_bwd"]
