@@ -19,9 +19,10 @@ triton = pytest.importorskip("triton")
 
 # float32: ~1e-7 unit roundoff, a few hundred accumulated products per output -> 1e-5 (the issue's bound).
 FP32_BOUND = 1e-5
-# float16: unit roundoff 4.9e-4; W, U, U~ and h are stored in float16 between launches, so each output
-# carries a few roundings of its inputs -> 20 ulps.
-FP16_BOUND = 1e-2
+# float16: unit roundoff u = 4.9e-4. W, U, U~ and h are rounded to float16 between launches and the outputs
+# once more, so an output carries a few roundings: bound 8u. (Observed: 0.9-1.1e-3, about 2u; the PyTorch
+# path, which keeps float32 inside and rounds only its outputs, gets 2-5e-4.)
+FP16_BOUND = 4e-3
 
 
 @pytest.fixture(autouse=True)
@@ -129,8 +130,6 @@ def test_triton_forward_with_and_without_output_fused_into_state_pass(monkeypatc
 
 
 def test_triton_recurrent_decoding_matches_float64_reference():
-    from deltanet.ops.triton.recurrent import recurrent_delta_rule_triton  # noqa: F401  (importable)
-
     lengths = [3, 0, 1, 7]  # an empty sequence keeps its state
     cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
     q, k, v, beta, _ = make_inputs(1, sum(lengths), 2, 16, 24, dtype=torch.float32, seed=21)
@@ -168,9 +167,23 @@ def test_triton_recurrent_steps_continue_a_chunked_prefill():
 @pytest.mark.parametrize("lengths", [None, [1, 150, 0, 64, 97]])
 def test_triton_segmented_state_passes_match_float64_recurrence(monkeypatch, lengths):
     """Sequences cut into segments of 1 chunk whose passes run in parallel, then composed."""
+    from deltanet.ops.triton import chunk as triton_chunk
     from deltanet.ops.triton.common import LAUNCH
 
     monkeypatch.setitem(LAUNCH, "state", {**LAUNCH["state"], "segment_chunks": 1})
+    calls = []
+
+    def spy(name):
+        original = getattr(triton_chunk, name)
+
+        def recorded(*args, **kwargs):
+            calls.append(name)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(triton_chunk, name, recorded)
+
+    spy("segmented_state_fwd")
+    spy("segmented_state_bwd")
     if lengths is None:
         cu, (q, k, v, beta, s0) = None, make_inputs(2, 150, 2, 16, 24, dtype=torch.float32, seed=31)
     else:
@@ -183,3 +196,40 @@ def test_triton_segmented_state_passes_match_float64_recurrence(monkeypatch, len
         out = outputs_and_grads(q, k, v, beta, s0, seed=6, backend="triton", cu_seqlens=cu, chunk_size=32,
                                 allow_tf32=False)
         assert_close(out, ref, FP32_BOUND)
+    # The forward, and the backward's recomputation and reverse pass, went through the segments each time.
+    assert calls.count("segmented_state_fwd") == 4 and calls.count("segmented_state_bwd") == 2
+
+
+def test_triton_training_call_without_states_matches_torch_path():
+    """The usual training call: no initial state, no final state (the kernels' other branches)."""
+    q, k, v, beta, _ = make_inputs(2, 70, 2, 16, 16, dtype=torch.float32, seed=41)
+    results = []
+    for backend, kwargs in (("torch", {}), ("triton", {"allow_tf32": False})):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, beta)]
+        o, state = chunk_delta_rule(*leaves, backend=backend, chunk_size=32, **kwargs)
+        assert state is None
+        do = torch.randn(o.shape, generator=torch.Generator().manual_seed(7))
+        results.append([o, *torch.autograd.grad(o, leaves, do)])
+    assert_close(results[1], results[0], FP32_BOUND)
+
+
+def test_triton_recurrent_refuses_to_drop_gradients():
+    q, k, v, beta, _ = make_inputs(1, 3, 1, 16, 16, dtype=torch.float32, requires_grad=True)
+    with pytest.raises(ValueError, match="no backward"):
+        recurrent_delta_rule(q, k, v, beta, backend="triton")
+
+
+def test_triton_custom_ops_pass_opcheck():
+    """Fake (meta) implementations agree with the real ones in shapes and dtypes, as torch.compile needs."""
+    from deltanet.ops.triton import chunk as triton_chunk
+
+    q, k, v, beta, s0 = make_inputs(1, 20, 2, 16, 16, dtype=torch.float16, seed=42)
+    beta = beta.float()
+    do = torch.randn(v.shape, generator=torch.Generator().manual_seed(8)).half()
+    for h0 in (None, s0):
+        with_state = h0 is not None
+        forward_args = (q, k, v, beta, 0.25, h0, with_state, None, 16, "tf32")
+        backward_args = (q, k, v, beta, 0.25, h0, None, 16, "tf32", do, None, with_state)
+        for op, args in ((triton_chunk.chunk_delta_rule_fwd, forward_args),
+                         (triton_chunk.chunk_delta_rule_bwd, backward_args)):
+            torch.library.opcheck(op, args, test_utils=("test_faketensor",))

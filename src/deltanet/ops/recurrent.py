@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from deltanet.ops.backends import BACKENDS, default_backend
+from deltanet.ops.backends import BACKENDS, check_triton_dtype, default_backend
 from deltanet.ops.l2norm import l2_normalize
 from deltanet.ops.validation import check_delta_rule_inputs, resolve_scale, state_dtype_for
 
@@ -76,17 +76,18 @@ def recurrent_delta_rule(
     scale = resolve_scale(scale, shape.key_dim)
     if use_qk_l2norm:
         q, k = l2_normalize(q), l2_normalize(k)
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, beta, initial_state)
+    )
     if backend is None:
-        needs_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (q, k, v, beta, initial_state)
-        )
         backend = "triton" if default_backend(q.device, v.dtype) == "triton" and not needs_grad else "torch"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be None or one of {BACKENDS}, got {backend!r}")
     if backend == "triton":
-        if v.dtype == torch.float64:
-            raise TypeError("backend='triton' takes float32, bfloat16 or float16 inputs, got v float64; "
-                            "use backend='torch' for float64")
+        check_triton_dtype(v)
+        if needs_grad:
+            raise ValueError("backend='triton' of recurrent_delta_rule has no backward (it is the decoding "
+                             "step); use backend='torch', chunk_delta_rule, or torch.no_grad()")
         from deltanet.ops.triton.recurrent import recurrent_delta_rule_triton
 
         return recurrent_delta_rule_triton(

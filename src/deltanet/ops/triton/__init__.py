@@ -4,9 +4,12 @@ Forward:   wy.py      W = T K, U = T V per chunk (UT transform, chunk-parallel)
            state.py   the sequential pass over chunks: U~ = U - W h per chunk, and either the
                       outputs directly (fused) or the per-chunk states h and U~ for ...
            output.py  ... O = scale (Q h + tril(Q K^T) U~)  (chunk-parallel)
-Backward:  wy.py and state.py again (recompute; nothing but q, k, v, beta is saved), then
+Backward:  wy.py and state.py again (recompute: the forward saves only q, k, v, beta, the initial
+           state and cu_seqlens), then
            state.py   the reverse pass: state gradients dh, dU~
            backward.py  dq, dk, dv, dbeta per chunk, through the UT transform (two launches)
 Decoding:  recurrent.py  token-by-token steps against a cached state
-chunk.py registers the chunked forward and backward as PyTorch custom ops.
+segments.py runs the state passes in parallel segments (long sequences, few heads; off by default),
+common.py holds the indexing helpers, the inverse and the launch settings, and chunk.py registers the
+chunked forward and backward as PyTorch custom ops.
 """

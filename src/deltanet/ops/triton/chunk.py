@@ -3,8 +3,9 @@
 Registering with torch.library (a fake implementation for shapes, and an autograd formula) lets the op
 run inside torch.compile without a graph break.
 
-Forward: `wy` (W, U per chunk, parallel), then the sequential state pass, which either writes o itself
-(when it has enough programs to fill the card) or writes h and U~ for the parallel `output` launch. It
+Forward: `wy` (W, U per chunk, parallel), then the sequential state pass, which writes o itself
+(the default, LAUNCH["state"]["fuse_output"]: faster at every measured shape) or writes h and U~ for the
+parallel `output` launch. It
 saves only q, k, v, beta and the initial state. Backward: recompute W, U, (I + A)^-1, h and U~ (two
 launches), the reverse state pass, then the two per-chunk gradient launches.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from deltanet.ops.backends import check_triton_dtype
 from deltanet.ops.l2norm import l2_normalize
 from deltanet.ops.triton.backward import chunk_bwd
 from deltanet.ops.triton.common import LAUNCH, chunk_tables
@@ -133,7 +135,10 @@ def chunk_delta_rule_bwd(
 @chunk_delta_rule_bwd.register_fake
 def _(q, k, v, beta, scale, initial_state, cu_seqlens, chunk_size, dot_precision, do, dht,
       need_initial_state_grad):
-    dh0 = torch.empty_like(initial_state, dtype=torch.float32) if need_initial_state_grad else q.new_empty(0)
+    if need_initial_state_grad:
+        dh0 = torch.empty_like(initial_state, dtype=torch.float32)
+    else:
+        dh0 = q.new_empty(0, dtype=torch.float32)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(beta), dh0
 
 
@@ -163,9 +168,7 @@ def chunk_delta_rule_triton(
     allow_tf32=True,
 ):
     """Validated arguments in, (o, final_state or None) out; see `deltanet.ops.chunk_delta_rule`."""
-    if v.dtype == torch.float64:
-        raise TypeError("backend='triton' takes float32, bfloat16 or float16 inputs, got v float64; "
-                        "use backend='torch' for float64")
+    check_triton_dtype(v)
     if chunk_size not in SUPPORTED_CHUNK_SIZES:
         raise ValueError(
             f"backend='triton' supports chunk_size in {SUPPORTED_CHUNK_SIZES}, got {chunk_size}"

@@ -89,8 +89,9 @@ def chunk_tables(cu_seqlens: torch.Tensor | None, batch: int, seq_len: int, chun
     return total, chunk_indices, chunk_offsets.to(torch.int32).contiguous()
 
 
-# Launch settings per kernel, chosen from timings on an H100 (docs/kernels.md); benchmarks/profile_stages.py
-# overrides them to sweep. block_v: value columns per program (capped by the value dim).
+# Launch settings per kernel, chosen from timings on an H100 (docs/kernels.md); benchmarks/sweep_launch.py
+# overrides them to sweep, benchmarks/profile_stages.py --segments sets segment_chunks.
+# block_v: value columns per program (capped by the value dim).
 # The state passes use block_v when that gives at least one program per multiprocessor, else
 # block_v_small (more programs for the sequential pass: long sequences with few heads). fuse_output:
 # "auto", True or False (see state.fuse_output_in_state_pass). segment_chunks: None (whole sequences) or

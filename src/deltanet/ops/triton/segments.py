@@ -25,7 +25,7 @@ import torch
 import triton
 
 from deltanet.ops.triton.common import LAUNCH, multiprocessor_count
-from deltanet.ops.triton.state import _value_block, launch_state_bwd, launch_state_fwd
+from deltanet.ops.triton.state import launch_state_bwd, launch_state_fwd, state_bwd, state_fwd, value_block
 
 
 class Segments:
@@ -55,16 +55,29 @@ class Segments:
             chunk_starts += [chunks_before + g * segment_chunks for g in range(count)]
             chunks_before += triton.cdiv(eos - bos, chunk_size)
         self.num_segments = len(starts)
-        self.cu_seqlens = torch.tensor(starts + [bounds[-1][1]], dtype=torch.int32, device=device)
-        self.chunk_offsets = torch.tensor(chunk_starts, dtype=torch.int32, device=device)
+        # The composition's index lists (sequences, segments) per step, forwards then backwards.
+        steps = []
+        for reverse in (False, True):
+            for g in range(max(self.count)):
+                seqs = [n for n, c in enumerate(self.count) if c > g]
+                segs = [self.first[n] + (self.count[n] - 1 - g if reverse else g) for n in seqs]
+                steps.append((seqs, segs))
+        # One upload for everything (each host-to-device copy from a Python list waits for the stream).
+        flat = starts + [bounds[-1][1]] + chunk_starts + [i for seqs, segs in steps for i in seqs + segs]
+        table = torch.tensor(flat, dtype=torch.int32, device=device)
+        S = self.num_segments
+        self.cu_seqlens, self.chunk_offsets = table[: S + 1], table[S + 1 : 2 * S + 1]
+        self._steps, offset = [], 2 * S + 1
+        for seqs, segs in steps:
+            n = len(seqs)
+            self._steps.append((table[offset : offset + n].long(), table[offset + n : offset + 2 * n].long()))
+            offset += 2 * n
 
     def in_order(self, reverse=False):
-        """Step g = 0, 1, ...: yield (the sequences that have a g-th segment, the index of that segment),
-        counting segments from each sequence's end when reverse."""
-        for g in range(max(self.count)):
-            seqs = [n for n, c in enumerate(self.count) if c > g]
-            segs = [self.first[n] + (self.count[n] - 1 - g if reverse else g) for n in seqs]
-            yield seqs, segs
+        """Step g = 0, 1, ...: (the sequences that have a g-th segment, the index of that segment) as index
+        tensors, counting segments from each sequence's end when reverse."""
+        half = len(self._steps) // 2
+        return self._steps[half:] if reverse else self._steps[:half]
 
 
 def segment_chunks_for(V, K, num_seqs, H, longest_chunks, device):
@@ -72,7 +85,7 @@ def segment_chunks_for(V, K, num_seqs, H, longest_chunks, device):
     segment_chunks = LAUNCH["state"]["segment_chunks"]
     if segment_chunks is None or longest_chunks <= segment_chunks:
         return None
-    BV = _value_block(V, K, num_seqs, H, device)
+    BV = value_block(V, K, num_seqs, H, device)
     if num_seqs * H * triton.cdiv(V, BV) >= multiprocessor_count(device):
         return None  # the card is already full: three passes would cost more than they save
     return segment_chunks
@@ -86,7 +99,6 @@ def _compose(segments, M, R, start, reverse):
     entry = torch.empty_like(R)
     x = start.clone()
     for seqs, segs in segments.in_order(reverse):
-        seqs, segs = torch.tensor(seqs, device=R.device), torch.tensor(segs, device=R.device)
         current = x[seqs]
         entry[segs] = current
         x[seqs] = torch.matmul(M[segs], current) + R[segs]
@@ -111,13 +123,10 @@ def segmented_state_fwd(k, w, u, initial_state, output_final_state, cu_seqlens, 
         initial_state = k.new_zeros(num_seqs, H, K, V, dtype=torch.float32)
     entry, final_state = _compose(seg, M, R, initial_state.float(), reverse=False)
     del M, R
-    fuse = q is not None
-    h = None if fuse else k.new_empty(num_chunks, H, K, V)
-    u_tilde = None if fuse else torch.empty_like(u)
-    o = u.new_empty(u.shape, dtype=out_dtype) if fuse else None
-    launch_state_fwd(k, w, u, V, entry, None, h=h, u_tilde=u_tilde, q=q, o=o, scale=scale, **common)
-    final_state = final_state if output_final_state else None
-    return (o, None, final_state) if fuse else (h, u_tilde, final_state)
+    # The pass again from each segment's true start: (o, None) fused, else (h, U~), as state_fwd gives.
+    first, second, _ = state_fwd(k, w, u, entry, False, seg.cu_seqlens, seg.chunk_offsets, S, num_chunks,
+                                 seq_len, chunk_size, dot_precision, q=q, scale=scale, out_dtype=out_dtype)
+    return first, second, (final_state if output_final_state else None)
 
 
 def segmented_state_bwd(q, k, w, do, final_state_grad, need_initial_state_grad, scale, cu_seqlens, num_seqs,
@@ -138,7 +147,6 @@ def segmented_state_bwd(q, k, w, do, final_state_grad, need_initial_state_grad, 
                                                                                      dtype=torch.float32)
     exit_grad, dh0 = _compose(seg, M, R, end, reverse=True)
     del M, R
-    dh = q.new_empty(num_chunks, H, K, V)
-    du_tilde = torch.empty_like(do)
-    launch_state_bwd(q, k, w, do, V, exit_grad, None, dh=dh, du_tilde=du_tilde, **common)
+    dh, du_tilde, _ = state_bwd(q, k, w, do, exit_grad, False, scale, seg.cu_seqlens, seg.chunk_offsets, S,
+                                num_chunks, seq_len, chunk_size, dot_precision)
     return dh, du_tilde, (dh0 if need_initial_state_grad else None)

@@ -49,7 +49,8 @@ def state_fwd_kernel(
 
     S = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_INITIAL_STATE:
-        p_h0 = tl.make_block_ptr(h0 + i_nh * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
+        p_h0 = tl.make_block_ptr(h0 + i_nh.to(tl.int64) * K * V, (K, V), (V, 1),
+                                 (0, i_v * BV), (BK, BV), (1, 0))
         S += tl.load(p_h0, boundary_check=(0, 1)).to(tl.float32)
     for j in range(tl.cdiv(seq_len, BT)):
         # Rows past the sequence end load as zeros, so they add nothing to S.
@@ -85,7 +86,8 @@ def state_fwd_kernel(
             tl.store(p_ut, b_ut.to(p_ut.dtype.element_ty), boundary_check=(0, 1))
         S += tl.dot(tl.trans(b_k), b_ut.to(b_k.dtype), input_precision=DOT_PRECISION)
     if STORE_FINAL_STATE:
-        p_ht = tl.make_block_ptr(ht + i_nh * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
+        p_ht = tl.make_block_ptr(ht + i_nh.to(tl.int64) * K * V, (K, V), (V, 1),
+                                 (0, i_v * BV), (BK, BV), (1, 0))
         tl.store(p_ht, S, boundary_check=(0, 1))
 
 
@@ -107,7 +109,8 @@ def state_bwd_kernel(
 
     G = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_FINAL_STATE_GRAD:
-        p_dht = tl.make_block_ptr(dht + i_nh * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
+        p_dht = tl.make_block_ptr(dht + i_nh.to(tl.int64) * K * V, (K, V), (V, 1),
+                                  (0, i_v * BV), (BK, BV), (1, 0))
         G += tl.load(p_dht, boundary_check=(0, 1)).to(tl.float32)
     num_chunks = tl.cdiv(seq_len, BT)
     for jj in range(num_chunks):
@@ -141,11 +144,12 @@ def state_bwd_kernel(
         b_w = tl.load(p_w, boundary_check=(0, 1))
         G -= tl.dot(tl.trans(b_w), b_du.to(b_w.dtype), input_precision=DOT_PRECISION)
     if STORE_INITIAL_STATE_GRAD:
-        p_dh0 = tl.make_block_ptr(dh0 + i_nh * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
+        p_dh0 = tl.make_block_ptr(dh0 + i_nh.to(tl.int64) * K * V, (K, V), (V, 1),
+                                  (0, i_v * BV), (BK, BV), (1, 0))
         tl.store(p_dh0, G, boundary_check=(0, 1))
 
 
-def _value_block(V: int, K: int, num_seqs: int, H: int, device: torch.device) -> int:
+def value_block(V: int, K: int, num_seqs: int, H: int, device: torch.device) -> int:
     # The [BK, BV] float32 state lives in registers: at most 128 x 64 of it. Each program walks a whole
     # sequence, so when there are fewer programs than multiprocessors, narrower blocks make more of them.
     settings = LAUNCH["state"]
@@ -157,12 +161,13 @@ def _value_block(V: int, K: int, num_seqs: int, H: int, device: torch.device) ->
 
 def fuse_output_in_state_pass(V: int, K: int, num_seqs: int, H: int, device: torch.device) -> bool:
     """Whether the forward writes o from the sequential state pass (saving the round trip of h and U~
-    through memory) or from a separate chunk-parallel launch. Fusing lengthens each sequential step, so it
-    pays only when the state pass already has a program for every multiprocessor."""
+    through memory) or from a separate chunk-parallel launch. The default (True) was faster at every
+    measured shape; "auto" fuses only when the state pass has a program for every multiprocessor (fusing
+    lengthens each sequential step), which was the prediction before the measurement (docs/kernels.md v2)."""
     setting = LAUNCH["state"]["fuse_output"]
     if setting != "auto":
         return bool(setting)
-    BV = _value_block(V, K, num_seqs, H, device)
+    BV = value_block(V, K, num_seqs, H, device)
     return num_seqs * H * triton.cdiv(V, BV) >= multiprocessor_count(device)
 
 
@@ -171,7 +176,7 @@ def launch_state_fwd(k, w, u, V, initial_state, final_state, cu_seqlens, chunk_o
     """One forward state pass over num_seqs sequences (or segments) with value width V; u None means U = 0.
     Writes whichever of final_state, h and U~ (both or neither), o (with q) are given."""
     H, K = k.shape[2], k.shape[3]
-    BV = _value_block(V, K, num_seqs, H, k.device)
+    BV = value_block(V, K, num_seqs, H, k.device)
     state_fwd_kernel[(triton.cdiv(V, BV), num_seqs * H)](
         q, k, w, u, h, u_tilde, o, initial_state, final_state, cu_seqlens, chunk_offsets, scale,
         seq_len, H, K, V, chunk_size, block_dim(K), BV,
@@ -187,7 +192,7 @@ def launch_state_bwd(q, k, w, do, V, final_state_grad, initial_state_grad, cu_se
     """One reverse state pass over num_seqs sequences (or segments) with value width V; do None means dO = 0.
     Writes whichever of initial_state_grad, dh and dU~ (both or neither) are given."""
     H, K = k.shape[2], k.shape[3]
-    BV = _value_block(V, K, num_seqs, H, k.device)
+    BV = value_block(V, K, num_seqs, H, k.device)
     state_bwd_kernel[(triton.cdiv(V, BV), num_seqs * H)](
         q, k, w, do, dh, du_tilde, final_state_grad, initial_state_grad, cu_seqlens, chunk_offsets, scale,
         seq_len, H, K, V, chunk_size, block_dim(K), BV,

@@ -1,12 +1,13 @@
 """The UT transform, chunk-parallel: W = (I + A)^-1 diag(beta) K and U = (I + A)^-1 diag(beta) V.
 
 A = tril(diag(beta) K K^T, -1) for each chunk of BT tokens. One program per (chunk, head) builds A with
-one matrix product, inverts I + A by forward substitution in float32, and writes W and U in the
-inputs' dtype. Nothing here depends on the state, so all chunks run at once.
+one matrix product, inverts I + A by recursive doubling (common.unit_lower_inverse), and writes W and U
+in the inputs' dtype (and, for the backward, the inverse). Nothing here depends on the state, so all
+chunks run at once.
 
 Numerics: K K^T and the products with (I + A)^-1 take operands in the inputs' dtype (bf16/fp16 on the
-tensor cores; fp32 inputs use tf32 unless full precision is asked for), accumulating in float32; the
-inverse itself is computed in float32.
+tensor cores), accumulating in float32. The inverse is float32, its products in tf32 unless full
+precision is asked for (allow_tf32=False), as are all products of float32 inputs.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def chunk_unit_lower_inverse(k_block_ptr, b_beta, BT: tl.constexpr, DOT_PRECISIO
     b_k = tl.load(k_block_ptr, boundary_check=(0, 1))
     b_kb = (b_k * b_beta[:, None]).to(b_k.dtype)
     rows = tl.arange(0, BT)
-    A = tl.dot(b_kb, tl.trans(b_k))
+    A = tl.dot(b_kb, tl.trans(b_k), input_precision=DOT_PRECISION)
     A = tl.where(rows[:, None] > rows[None, :], A, 0.0)  # strictly lower: token i sees earlier j only
     return unit_lower_inverse(A, BT, DOT_PRECISION), b_k, b_kb
 
