@@ -115,10 +115,8 @@ def segmented_state_fwd(k, w, u, initial_state, output_final_state, cu_seqlens, 
                   chunk_size=chunk_size, dot_precision=dot_precision)
     R = k.new_empty(S, H, K, V, dtype=torch.float32)
     launch_state_fwd(k, w, u, V, None, R, **common)
-    identity = torch.eye(K, device=k.device, dtype=torch.float32).expand(S, H, K, K).contiguous()
-    M = torch.empty_like(identity)
-    launch_state_fwd(k, w, None, K, identity, M, **common)
-    del identity
+    M = k.new_empty(S, H, K, K, dtype=torch.float32)
+    launch_state_fwd(k, w, None, K, None, M, identity_start=True, **common)
     if initial_state is None:
         initial_state = k.new_zeros(num_seqs, H, K, V, dtype=torch.float32)
     entry, final_state = _compose(seg, M, R, initial_state.float(), reverse=False)
@@ -139,10 +137,8 @@ def segmented_state_bwd(q, k, w, do, final_state_grad, need_initial_state_grad, 
                   chunk_size=chunk_size, dot_precision=dot_precision, scale=scale)
     R = q.new_empty(S, H, K, V, dtype=torch.float32)
     launch_state_bwd(q, k, w, do, V, None, R, **common)
-    identity = torch.eye(K, device=q.device, dtype=torch.float32).expand(S, H, K, K).contiguous()
-    M = torch.empty_like(identity)
-    launch_state_bwd(q, k, w, None, K, identity, M, **common)
-    del identity
+    M = q.new_empty(S, H, K, K, dtype=torch.float32)
+    launch_state_bwd(q, k, w, None, K, None, M, identity_start=True, **common)
     end = final_state_grad.float() if final_state_grad is not None else q.new_zeros(num_seqs, H, K, V,
                                                                                      dtype=torch.float32)
     exit_grad, dh0 = _compose(seg, M, R, end, reverse=True)

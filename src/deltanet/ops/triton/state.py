@@ -30,17 +30,27 @@ from deltanet.ops.triton.common import (
 
 
 @triton.jit
+def identity_block(i_v, K, BK: tl.constexpr, BV: tl.constexpr):
+    """Columns [i_v * BV, (i_v + 1) * BV) of the K x K identity as a float32 [BK, BV] tile (zero padding)."""
+    rows = tl.arange(0, BK)[:, None]
+    cols = i_v * BV + tl.arange(0, BV)[None, :]
+    return ((rows == cols) & (rows < K)).to(tl.float32)
+
+
+@triton.jit
 def state_fwd_kernel(
     q, k, w, u, h, u_tilde, o, h0, ht, cu_seqlens, chunk_offsets, scale,
     T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr, FUSE_OUTPUT: tl.constexpr,
-    STORE_STATES: tl.constexpr, HAS_U: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    STORE_STATES: tl.constexpr, HAS_U: tl.constexpr, IDENTITY_START: tl.constexpr,
+    IS_VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """FUSE_OUTPUT: also write o = scale (Q S + tril(Q K^T) U~) for each chunk (the forward's use).
     STORE_STATES: write h and U~ (for the backward, or for the separate output launch).
-    HAS_U=False: U = 0, so the pass maps its initial state through the chunks' transitions only
-    (segments.py runs it on the identity to get a segment's transition matrix)."""
+    HAS_U=False: U = 0, so the pass maps its initial state through the chunks' transitions only;
+    IDENTITY_START: start from the identity (V = K) built in registers. With both, the final state is
+    the run's transition matrix (segments.py)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     n, i_h = i_nh // H, i_nh % H
     bos, seq_len = sequence_bounds(n, cu_seqlens, T, IS_VARLEN)
@@ -48,6 +58,8 @@ def state_fwd_kernel(
     rows = tl.arange(0, BT)
 
     S = tl.zeros([BK, BV], dtype=tl.float32)
+    if IDENTITY_START:
+        S += identity_block(i_v, K, BK, BV)
     if HAS_INITIAL_STATE:
         p_h0 = tl.make_block_ptr(h0 + i_nh.to(tl.int64) * K * V, (K, V), (V, 1),
                                  (0, i_v * BV), (BK, BV), (1, 0))
@@ -97,10 +109,12 @@ def state_bwd_kernel(
     T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_FINAL_STATE_GRAD: tl.constexpr, STORE_INITIAL_STATE_GRAD: tl.constexpr,
-    STORE_STATES: tl.constexpr, HAS_DO: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    STORE_STATES: tl.constexpr, HAS_DO: tl.constexpr, IDENTITY_START: tl.constexpr,
+    IS_VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """STORE_STATES: write dh and dU~. HAS_DO=False: dO = 0, so the pass maps the final-state gradient
-    through the chunks' transitions only (segments.py)."""
+    through the chunks' transitions only; IDENTITY_START: start from the identity (V = K), so that with
+    both the result is the run's transition matrix (segments.py)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     n, i_h = i_nh // H, i_nh % H
     bos, seq_len = sequence_bounds(n, cu_seqlens, T, IS_VARLEN)
@@ -108,6 +122,8 @@ def state_bwd_kernel(
     rows = tl.arange(0, BT)
 
     G = tl.zeros([BK, BV], dtype=tl.float32)
+    if IDENTITY_START:
+        G += identity_block(i_v, K, BK, BV)
     if HAS_FINAL_STATE_GRAD:
         p_dht = tl.make_block_ptr(dht + i_nh.to(tl.int64) * K * V, (K, V), (V, 1),
                                   (0, i_v * BV), (BK, BV), (1, 0))
@@ -172,8 +188,10 @@ def fuse_output_in_state_pass(V: int, K: int, num_seqs: int, H: int, device: tor
 
 
 def launch_state_fwd(k, w, u, V, initial_state, final_state, cu_seqlens, chunk_offsets, num_seqs, seq_len,
-                     chunk_size, dot_precision, h=None, u_tilde=None, q=None, o=None, scale=1.0):
-    """One forward state pass over num_seqs sequences (or segments) with value width V; u None means U = 0.
+                     chunk_size, dot_precision, h=None, u_tilde=None, q=None, o=None, scale=1.0,
+                     identity_start=False):
+    """One forward state pass over num_seqs sequences (or segments) with value width V; u None means U = 0;
+    identity_start: begin from the K x K identity (V = K) instead of initial_state or zeros.
     Writes whichever of final_state, h and U~ (both or neither), o (with q) are given."""
     H, K = k.shape[2], k.shape[3]
     BV = value_block(V, K, num_seqs, H, k.device)
@@ -182,14 +200,17 @@ def launch_state_fwd(k, w, u, V, initial_state, final_state, cu_seqlens, chunk_o
         seq_len, H, K, V, chunk_size, block_dim(K), BV,
         HAS_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=final_state is not None,
         FUSE_OUTPUT=q is not None, STORE_STATES=h is not None, HAS_U=u is not None,
+        IDENTITY_START=identity_start,
         IS_VARLEN=cu_seqlens is not None, DOT_PRECISION=dot_precision,
         num_warps=LAUNCH["state"]["num_warps"], num_stages=num_stages_for(k.dtype),
     )
 
 
 def launch_state_bwd(q, k, w, do, V, final_state_grad, initial_state_grad, cu_seqlens, chunk_offsets,
-                     num_seqs, seq_len, chunk_size, dot_precision, scale, dh=None, du_tilde=None):
-    """One reverse state pass over num_seqs sequences (or segments) with value width V; do None means dO = 0.
+                     num_seqs, seq_len, chunk_size, dot_precision, scale, dh=None, du_tilde=None,
+                     identity_start=False):
+    """One reverse state pass over num_seqs sequences (or segments) with value width V; do None means dO = 0;
+    identity_start: begin from the K x K identity (V = K) instead of final_state_grad or zeros.
     Writes whichever of initial_state_grad, dh and dU~ (both or neither) are given."""
     H, K = k.shape[2], k.shape[3]
     BV = value_block(V, K, num_seqs, H, k.device)
@@ -198,7 +219,7 @@ def launch_state_bwd(q, k, w, do, V, final_state_grad, initial_state_grad, cu_se
         seq_len, H, K, V, chunk_size, block_dim(K), BV,
         HAS_FINAL_STATE_GRAD=final_state_grad is not None,
         STORE_INITIAL_STATE_GRAD=initial_state_grad is not None,
-        STORE_STATES=dh is not None, HAS_DO=do is not None,
+        STORE_STATES=dh is not None, HAS_DO=do is not None, IDENTITY_START=identity_start,
         IS_VARLEN=cu_seqlens is not None, DOT_PRECISION=dot_precision,
         num_warps=LAUNCH["state"]["num_warps"], num_stages=num_stages_for(k.dtype),
     )
