@@ -9,6 +9,7 @@ sequence leaks in.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -73,20 +74,25 @@ def unit_lower_inverse(A, BT: tl.constexpr, DOT_PRECISION: tl.constexpr):
 
 
 def chunk_tables(cu_seqlens: torch.Tensor | None, batch: int, seq_len: int, chunk_size: int):
-    """Host-side chunk bookkeeping: (number of chunks, chunk_indices [NC, 2], chunk_offsets [N + 1]).
+    """Chunk bookkeeping: (number of chunks, chunk_indices int32 [NC, 2], chunk_offsets int32 [N + 1]).
 
     For fixed-length batches the kernels compute the same from T, so the tables are None (no sync).
+    Packed batches: one read of cu_seqlens (the only wait for the GPU), the tables built on the host,
+    and one asynchronous upload from pinned memory.
     """
     if cu_seqlens is None:
         return batch * triton.cdiv(seq_len, chunk_size), None, None
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    chunks = (lengths + chunk_size - 1) // chunk_size
-    chunk_offsets = torch.cat([chunks.new_zeros(1), chunks.cumsum(0)])
+    offsets = np.asarray(cu_seqlens.tolist(), dtype=np.int64)
+    chunks = -(-np.diff(offsets) // chunk_size)
+    chunk_offsets = np.concatenate([[0], np.cumsum(chunks)])
     total = int(chunk_offsets[-1])
-    seq_of_chunk = torch.repeat_interleave(torch.arange(len(chunks), device=cu_seqlens.device), chunks)
-    index_in_seq = torch.arange(total, device=cu_seqlens.device) - chunk_offsets[seq_of_chunk]
-    chunk_indices = torch.stack([seq_of_chunk, index_in_seq], dim=1).to(torch.int32).contiguous()
-    return total, chunk_indices, chunk_offsets.to(torch.int32).contiguous()
+    seq_of_chunk = np.repeat(np.arange(len(chunks)), chunks)
+    index_in_seq = np.arange(total) - chunk_offsets[seq_of_chunk]
+    pairs = np.stack([seq_of_chunk, index_in_seq], axis=1).ravel()
+    table = torch.from_numpy(np.concatenate([pairs, chunk_offsets]).astype(np.int32))
+    if cu_seqlens.device.type == "cuda":
+        table = table.pin_memory().to(cu_seqlens.device, non_blocking=True)
+    return total, table[: 2 * total].view(total, 2), table[2 * total :]
 
 
 # Launch settings per kernel, chosen from timings on an H100 (docs/kernels.md); benchmarks/sweep_launch.py
