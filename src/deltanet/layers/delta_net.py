@@ -28,6 +28,7 @@ class DeltaNet(LinearRecurrentMixer):
         allow_neg_eigval: beta = 2 sigmoid(.) instead of sigmoid(.).
         chunk_size: tokens per chunk of the chunkwise op (a power of two).
         backend: op backend, None (fastest available), "torch" or "triton".
+        allow_tf32: Triton backend, float32 tensors: products in tf32 (default) or full float32.
     """
 
     def __init__(
@@ -36,10 +37,12 @@ class DeltaNet(LinearRecurrentMixer):
         allow_neg_eigval: bool = False,
         chunk_size: int = 64,
         backend: str | None = None,
+        allow_tf32: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.allow_neg_eigval, self.chunk_size, self.backend = allow_neg_eigval, chunk_size, backend
+        self.allow_tf32 = allow_tf32
         self.b_proj = nn.Linear(self.hidden_size, self.num_heads, bias=False)
 
     def write_strength(self, hidden_states: torch.Tensor, info: SequenceInfo) -> torch.Tensor:
@@ -69,4 +72,5 @@ class DeltaNet(LinearRecurrentMixer):
             chunk_size=self.chunk_size,
             backend=self.backend,
             use_qk_l2norm=True,
+            allow_tf32=self.allow_tf32,
         )  # fmt: skip

@@ -46,6 +46,8 @@ class DeltaNetConfig(PretrainedConfig):
         tie_word_embeddings: share the input embedding with the output projection.
         chunk_size: chunk length of the chunkwise delta-rule op (a power of two).
         backend: delta-rule op backend: None (fastest available), "torch" or "triton".
+        allow_tf32: the Triton kernels' products of float32 tensors in tf32 (default) or, if False, in
+            full float32 (bf16/fp16 tensors, as under autocast, are unaffected).
         use_cache: return a cache from forward in eval mode by default.
     """
 
@@ -71,6 +73,7 @@ class DeltaNetConfig(PretrainedConfig):
     tie_word_embeddings: bool = False
     chunk_size: int = 64
     backend: str | None = None
+    allow_tf32: bool = True
     use_cache: bool = True
     pad_token_id: int | None = None
     bos_token_id: int | None = 1
@@ -103,6 +106,7 @@ class DeltaNetConfig(PretrainedConfig):
             "allow_neg_eigval",
             "use_output_gate",
             "tie_word_embeddings",
+            "allow_tf32",
             "use_cache",
         ):
             if not isinstance(getattr(self, name), bool):

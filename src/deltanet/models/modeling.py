@@ -52,7 +52,8 @@ def build_mixer(config: DeltaNetConfig, layer_idx: int) -> TokenMixer:
     )
     if kind == "linear_attn":
         return LinearAttention(**recurrent)
-    return DeltaNet(**recurrent, allow_neg_eigval=config.allow_neg_eigval, backend=config.backend)
+    return DeltaNet(**recurrent, allow_neg_eigval=config.allow_neg_eigval, backend=config.backend,
+                    allow_tf32=config.allow_tf32)
 
 
 class DeltaNetPreTrainedModel(PreTrainedModel):

@@ -27,7 +27,14 @@ import torch
 import triton
 import triton.language as tl
 
-from deltanet.ops.triton.common import LAUNCH, block_dim, chunk_coordinates, num_stages_for, sequence_bounds
+from deltanet.ops.triton.common import (
+    LAUNCH,
+    block_dim,
+    chunk_coordinates,
+    dot,
+    num_stages_for,
+    sequence_bounds,
+)
 
 
 @triton.jit
@@ -64,18 +71,18 @@ def bwd_direct_kernel(
         b_ut = tl.load(p_ut, boundary_check=(0, 1))
         b_dut = tl.load(p_dut, boundary_check=(0, 1))
         b_do = tl.load(p_do, boundary_check=(0, 1))
-        b_dq += tl.dot(b_do, tl.trans(b_h), input_precision=DOT_PRECISION)
-        b_P += tl.dot(b_do, tl.trans(b_ut), input_precision=DOT_PRECISION)
-        b_dk += tl.dot(b_ut, tl.trans(b_dh), input_precision=DOT_PRECISION)
-        b_dw -= tl.dot(b_dut, tl.trans(b_h), input_precision=DOT_PRECISION)
+        b_dq += dot(b_do, tl.trans(b_h), DOT_PRECISION)
+        b_P += dot(b_do, tl.trans(b_ut), DOT_PRECISION)
+        b_dk += dot(b_ut, tl.trans(b_dh), DOT_PRECISION)
+        b_dw -= dot(b_dut, tl.trans(b_h), DOT_PRECISION)
 
     p_q = tl.make_block_ptr(q + qk_base, (seq_len, K), (H * K, 1), (j * BT, i_k * BK), (BT, BK), (1, 0))
     p_k = tl.make_block_ptr(k + qk_base, (seq_len, K), (H * K, 1), (j * BT, i_k * BK), (BT, BK), (1, 0))
     b_q = tl.load(p_q, boundary_check=(0, 1))
     b_k = tl.load(p_k, boundary_check=(0, 1))
     b_P = tl.where(rows[:, None] >= rows[None, :], b_P, 0.0).to(b_q.dtype)
-    b_dq = scale * (b_dq + tl.dot(b_P, b_k, input_precision=DOT_PRECISION))
-    b_dk += scale * tl.dot(tl.trans(b_P), b_q, input_precision=DOT_PRECISION)
+    b_dq = scale * (b_dq + dot(b_P, b_k, DOT_PRECISION))
+    b_dk += scale * dot(tl.trans(b_P), b_q, DOT_PRECISION)
 
     p_dq = tl.make_block_ptr(dq + qk_base, (seq_len, K), (H * K, 1), (j * BT, i_k * BK), (BT, BK), (1, 0))
     p_dk = tl.make_block_ptr(dk_direct + qk_base, (seq_len, K), (H * K, 1),
@@ -113,8 +120,8 @@ def bwd_through_wy_kernel(
     p_dkd = tl.make_block_ptr(dk_direct + qk_base, (seq_len, K), (H * K, 1), (j * BT, 0), (BT, BK), (1, 0))
     b_k = tl.load(p_k, boundary_check=(0, 1))
     b_w = tl.load(p_w, boundary_check=(0, 1))
-    b_gw = tl.dot(b_Lt, tl.load(p_dw, boundary_check=(0, 1)).to(b_k.dtype), input_precision=DOT_PRECISION)
-    b_dA = tl.dot(b_gw.to(b_k.dtype), tl.trans(b_w), input_precision=DOT_PRECISION)
+    b_gw = dot(b_Lt, tl.load(p_dw, boundary_check=(0, 1)).to(b_k.dtype), DOT_PRECISION)
+    b_dA = dot(b_gw.to(b_k.dtype), tl.trans(b_w), DOT_PRECISION)
     b_dbeta = tl.sum(b_gw * b_k.to(tl.float32), 1)
     b_dk = tl.load(p_dkd, boundary_check=(0, 1)) + b_gw * b_beta[:, None]
 
@@ -125,19 +132,18 @@ def bwd_through_wy_kernel(
         p_dut = tl.make_block_ptr(du_tilde + v_base, (seq_len, V), (H * V, 1),
                                   (j * BT, i_v * BV), (BT, BV), (1, 0))
         p_dv = tl.make_block_ptr(dv + v_base, (seq_len, V), (H * V, 1), (j * BT, i_v * BV), (BT, BV), (1, 0))
-        b_gu = tl.dot(b_Lt, tl.load(p_dut, boundary_check=(0, 1)), input_precision=DOT_PRECISION)
+        b_gu = dot(b_Lt, tl.load(p_dut, boundary_check=(0, 1)), DOT_PRECISION)
         tl.store(p_dv, (b_gu * b_beta[:, None]).to(p_dv.dtype.element_ty), boundary_check=(0, 1))
         b_dbeta += tl.sum(b_gu * tl.load(p_v, boundary_check=(0, 1)).to(tl.float32), 1)
-        b_dA += tl.dot(b_gu.to(b_k.dtype), tl.trans(tl.load(p_u, boundary_check=(0, 1))),
-                       input_precision=DOT_PRECISION)
+        b_dA += dot(b_gu.to(b_k.dtype), tl.trans(tl.load(p_u, boundary_check=(0, 1))), DOT_PRECISION)
 
     # Through A = strict_lower(diag(beta) K K^T).
     b_dA = tl.where(rows[:, None] > rows[None, :], -b_dA, 0.0)
-    b_kk = tl.dot(b_k, tl.trans(b_k), input_precision=DOT_PRECISION)
+    b_kk = dot(b_k, tl.trans(b_k), DOT_PRECISION)
     b_dbeta += tl.sum(b_dA * b_kk, 1)
     b_dAb = (b_dA * b_beta[:, None]).to(b_k.dtype)
-    b_dk += tl.dot(b_dAb, b_k, input_precision=DOT_PRECISION)
-    b_dk += tl.dot(tl.trans(b_dAb), b_k, input_precision=DOT_PRECISION)
+    b_dk += dot(b_dAb, b_k, DOT_PRECISION)
+    b_dk += dot(tl.trans(b_dAb), b_k, DOT_PRECISION)
 
     p_dk = tl.make_block_ptr(dk + qk_base, (seq_len, K), (H * K, 1), (j * BT, 0), (BT, BK), (1, 0))
     p_dbeta = tl.make_block_ptr(dbeta + bos * H + i_h, (seq_len,), (H,), (j * BT,), (BT,), (0,))

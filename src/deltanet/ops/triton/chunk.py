@@ -182,7 +182,12 @@ def chunk_delta_rule_triton(
         initial_state = initial_state.to(torch.float32).contiguous()
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.contiguous()
-    dot_precision = "tf32" if allow_tf32 else "ieee"
+    # float32 inputs: tf32 products of operands rounded to nearest first (the tensor cores' own conversion
+    # truncates, which doubled the error; common.round_to_tf32). bf16/fp16 operands are not touched.
+    if not allow_tf32:
+        dot_precision = "ieee"
+    else:
+        dot_precision = "tf32_round" if v.dtype == torch.float32 else "tf32"
     o, final_state = chunk_delta_rule_fwd(
         q, k, v, beta, float(scale), initial_state, bool(output_final_state), cu_seqlens, chunk_size,
         dot_precision,

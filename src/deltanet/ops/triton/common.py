@@ -50,6 +50,32 @@ def first_chunk(n, chunk_offsets, T, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
 
 
 @triton.jit
+def round_to_tf32(x):
+    """float32 tiles rounded to the nearest tf32 (10-bit mantissa); other dtypes unchanged.
+
+    The tensor cores read a float32 operand of a tf32 product by dropping its low 13 mantissa bits, which
+    biases every product towards zero: emulating that on the CPU reproduced the 1.9e-3 error measured on an
+    H100 for float32 inputs, and rounding first brought the emulation to 5.8e-4
+    (benchmarks/tf32_error_budget.py).
+    """
+    if x.dtype == tl.float32:
+        bits = x.to(tl.int32, bitcast=True)
+        return ((bits + 0x1000) & -0x2000).to(tl.float32, bitcast=True)
+    return x
+
+
+@triton.jit
+def dot(a, b, DOT_PRECISION: tl.constexpr):
+    """tl.dot with the kernels' precision modes: "ieee" (full float32), "tf32" (the tensor cores' own
+    conversion of float32 operands), "tf32_round" (float32 operands rounded to nearest tf32 first; the
+    mode for float32 inputs). bf16/fp16 operands are multiplied as they are in every mode."""
+    if DOT_PRECISION == "tf32_round":
+        return tl.dot(round_to_tf32(a), round_to_tf32(b), input_precision="tf32")
+    else:
+        return tl.dot(a, b, input_precision=DOT_PRECISION)
+
+
+@triton.jit
 def unit_lower_inverse(A, BT: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """(I + A)^-1 for A [BT, BT] float32 strictly lower triangular, by recursive doubling.
 
@@ -69,7 +95,7 @@ def unit_lower_inverse(A, BT: tl.constexpr, DOT_PRECISION: tl.constexpr):
         if b < BT:
             lower_left = (rows // (2 * b) == cols // (2 * b)) & (rows // b > cols // b)
             A_b = tl.where(lower_left, A, 0.0)
-            X = X - tl.dot(X, tl.dot(A_b, X, input_precision=DOT_PRECISION), input_precision=DOT_PRECISION)
+            X = X - dot(X, dot(A_b, X, DOT_PRECISION), DOT_PRECISION)
     return X
 
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from deltanet.ops.triton.common import LAUNCH, block_dim, chunk_coordinates, num_stages_for, sequence_bounds
+from deltanet.ops.triton.common import (
+    LAUNCH,
+    block_dim,
+    chunk_coordinates,
+    dot,
+    num_stages_for,
+    sequence_bounds,
+)
 
 
 @triton.jit
@@ -38,10 +45,10 @@ def output_kernel(
     b_k = tl.load(p_k, boundary_check=(0, 1))
     b_h = tl.load(p_h, boundary_check=(0, 1))
     b_ut = tl.load(p_ut, boundary_check=(0, 1))
-    b_o = tl.dot(b_q, b_h, input_precision=DOT_PRECISION)
-    b_qk = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)
+    b_o = dot(b_q, b_h, DOT_PRECISION)
+    b_qk = dot(b_q, tl.trans(b_k), DOT_PRECISION)
     b_qk = tl.where(rows[:, None] >= rows[None, :], b_qk, 0.0).to(b_q.dtype)
-    b_o += tl.dot(b_qk, b_ut, input_precision=DOT_PRECISION)
+    b_o += dot(b_qk, b_ut, DOT_PRECISION)
     tl.store(p_o, (scale * b_o).to(p_o.dtype.element_ty), boundary_check=(0, 1))
 
 

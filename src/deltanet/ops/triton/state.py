@@ -22,6 +22,7 @@ import triton.language as tl
 from deltanet.ops.triton.common import (
     LAUNCH,
     block_dim,
+    dot,
     first_chunk,
     multiprocessor_count,
     num_stages_for,
@@ -73,7 +74,7 @@ def state_fwd_kernel(
         b_w = tl.load(p_w, boundary_check=(0, 1))
         b_k = tl.load(p_k, boundary_check=(0, 1))
         b_S = S.to(b_w.dtype)
-        b_ut = -tl.dot(b_w, b_S, input_precision=DOT_PRECISION)
+        b_ut = -dot(b_w, b_S, DOT_PRECISION)
         if HAS_U:
             p_u = tl.make_block_ptr(u + bos * H * V + i_h * V, (seq_len, V), (H * V, 1),
                                     (j * BT, i_v * BV), (BT, BV), (1, 0))
@@ -84,10 +85,10 @@ def state_fwd_kernel(
             p_o = tl.make_block_ptr(o + bos * H * V + i_h * V, (seq_len, V), (H * V, 1),
                                     (j * BT, i_v * BV), (BT, BV), (1, 0))
             b_q = tl.load(p_q, boundary_check=(0, 1))
-            b_qk = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)  # does not wait for S
+            b_qk = dot(b_q, tl.trans(b_k), DOT_PRECISION)  # does not wait for S
             b_qk = tl.where(rows[:, None] >= rows[None, :], b_qk, 0.0).to(b_q.dtype)
-            b_o = tl.dot(b_q, b_S, input_precision=DOT_PRECISION)
-            b_o += tl.dot(b_qk, b_ut.to(b_q.dtype), input_precision=DOT_PRECISION)
+            b_o = dot(b_q, b_S, DOT_PRECISION)
+            b_o += dot(b_qk, b_ut.to(b_q.dtype), DOT_PRECISION)
             tl.store(p_o, (scale * b_o).to(p_o.dtype.element_ty), boundary_check=(0, 1))
         if STORE_STATES:
             p_h = tl.make_block_ptr(h + ((c0 + j) * H + i_h) * K * V, (K, V), (V, 1),
@@ -96,7 +97,7 @@ def state_fwd_kernel(
                                      (j * BT, i_v * BV), (BT, BV), (1, 0))
             tl.store(p_h, b_S.to(p_h.dtype.element_ty), boundary_check=(0, 1))
             tl.store(p_ut, b_ut.to(p_ut.dtype.element_ty), boundary_check=(0, 1))
-        S += tl.dot(tl.trans(b_k), b_ut.to(b_k.dtype), input_precision=DOT_PRECISION)
+        S += dot(tl.trans(b_k), b_ut.to(b_k.dtype), DOT_PRECISION)
     if STORE_FINAL_STATE:
         p_ht = tl.make_block_ptr(ht + i_nh.to(tl.int64) * K * V, (K, V), (V, 1),
                                  (0, i_v * BV), (BK, BV), (1, 0))
@@ -140,7 +141,7 @@ def state_bwd_kernel(
         p_w = tl.make_block_ptr(w + bos * H * K + i_h * K, (seq_len, K), (H * K, 1),
                                 (j * BT, 0), (BT, BK), (1, 0))
         b_k = tl.load(p_k, boundary_check=(0, 1))
-        b_du = tl.dot(b_k, G.to(b_k.dtype), input_precision=DOT_PRECISION)
+        b_du = dot(b_k, G.to(b_k.dtype), DOT_PRECISION)
         if HAS_DO:
             p_q = tl.make_block_ptr(q + bos * H * K + i_h * K, (seq_len, K), (H * K, 1),
                                     (j * BT, 0), (BT, BK), (1, 0))
@@ -149,16 +150,16 @@ def state_bwd_kernel(
             b_q = tl.load(p_q, boundary_check=(0, 1))
             b_do = tl.load(p_do, boundary_check=(0, 1))
             # M^T[i, j] = q_j . k_i for i <= j: how token i's correction reaches later outputs.
-            b_mt = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PRECISION)
+            b_mt = dot(b_k, tl.trans(b_q), DOT_PRECISION)
             b_mt = tl.where(rows[:, None] <= rows[None, :], b_mt, 0.0).to(b_q.dtype)
-            b_du += scale * tl.dot(b_mt, b_do, input_precision=DOT_PRECISION)
-            G += scale * tl.dot(tl.trans(b_q), b_do, input_precision=DOT_PRECISION)
+            b_du += scale * dot(b_mt, b_do, DOT_PRECISION)
+            G += scale * dot(tl.trans(b_q), b_do, DOT_PRECISION)
         if STORE_STATES:
             p_du = tl.make_block_ptr(du_tilde + bos * H * V + i_h * V, (seq_len, V), (H * V, 1),
                                      (j * BT, i_v * BV), (BT, BV), (1, 0))
             tl.store(p_du, b_du.to(p_du.dtype.element_ty), boundary_check=(0, 1))
         b_w = tl.load(p_w, boundary_check=(0, 1))
-        G -= tl.dot(tl.trans(b_w), b_du.to(b_w.dtype), input_precision=DOT_PRECISION)
+        G -= dot(tl.trans(b_w), b_du.to(b_w.dtype), DOT_PRECISION)
     if STORE_INITIAL_STATE_GRAD:
         p_dh0 = tl.make_block_ptr(dh0 + i_nh.to(tl.int64) * K * V, (K, V), (V, 1),
                                   (0, i_v * BV), (BK, BV), (1, 0))

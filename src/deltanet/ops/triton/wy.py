@@ -20,6 +20,7 @@ from deltanet.ops.triton.common import (
     LAUNCH,
     block_dim,
     chunk_coordinates,
+    dot,
     num_stages_for,
     sequence_bounds,
     unit_lower_inverse,
@@ -32,7 +33,7 @@ def chunk_unit_lower_inverse(k_block_ptr, b_beta, BT: tl.constexpr, DOT_PRECISIO
     b_k = tl.load(k_block_ptr, boundary_check=(0, 1))
     b_kb = (b_k * b_beta[:, None]).to(b_k.dtype)
     rows = tl.arange(0, BT)
-    A = tl.dot(b_kb, tl.trans(b_k), input_precision=DOT_PRECISION)
+    A = dot(b_kb, tl.trans(b_k), DOT_PRECISION)
     A = tl.where(rows[:, None] > rows[None, :], A, 0.0)  # strictly lower: token i sees earlier j only
     return unit_lower_inverse(A, BT, DOT_PRECISION), b_k, b_kb
 
@@ -63,7 +64,7 @@ def wy_fwd_kernel(
 
     p_w = tl.make_block_ptr(w + bos * H * K + i_h * K, (seq_len, K), (H * K, 1),
                             (j * BT, 0), (BT, BK), (1, 0))
-    b_w = tl.dot(b_L, b_kb, input_precision=DOT_PRECISION)
+    b_w = dot(b_L, b_kb, DOT_PRECISION)
     tl.store(p_w, b_w.to(p_w.dtype.element_ty), boundary_check=(0, 1))
     for i_v in range(tl.cdiv(V, BV)):
         p_v = tl.make_block_ptr(v + bos * H * V + i_h * V, (seq_len, V), (H * V, 1),
@@ -72,7 +73,7 @@ def wy_fwd_kernel(
                                 (j * BT, i_v * BV), (BT, BV), (1, 0))
         b_v = tl.load(p_v, boundary_check=(0, 1))
         b_vb = (b_v * b_beta[:, None]).to(b_v.dtype)
-        b_u = tl.dot(b_L, b_vb, input_precision=DOT_PRECISION)
+        b_u = dot(b_L, b_vb, DOT_PRECISION)
         tl.store(p_u, b_u.to(p_u.dtype.element_ty), boundary_check=(0, 1))
 
 
