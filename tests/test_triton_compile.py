@@ -1,0 +1,185 @@
+"""Every Triton kernel compiles for an H100 (sm_90a), on a machine without a GPU.
+
+CI has no GPU and the interpreter does not compile, so a kernel that would fail to build on the card (a
+block pointer with a 64-bit offset, an unsupported dot precision, a bad constexpr branch) would otherwise
+show up only in a GPU session. Triton's compiler and its bundled ptxas run on the CPU. The compilation
+runs in a subprocess without TRITON_INTERPRET (the test session sets it, and interpreted kernels cannot
+be compiled).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+INT_POINTERS = ("cu_seqlens", "chunk_indices", "chunk_offsets")
+# float32 inputs in the rounding tf32 mode: the most code (rounding, tf32 products) in one build per kernel.
+BASE = {
+    "H": 4,
+    "K": 64,
+    "V": 64,
+    "BT": 64,
+    "BK": 64,
+    "BV": 64,
+    "IS_VARLEN": True,
+    "DOT_PRECISION": "tf32_round",
+}
+
+
+def kernels() -> dict:
+    """name -> (kernel, pointer arguments, scalar arguments, constexpr values)."""
+    from deltanet.ops.triton.backward import bwd_direct_kernel, bwd_through_wy_kernel
+    from deltanet.ops.triton.output import output_kernel
+    from deltanet.ops.triton.recurrent import recurrent_fwd_kernel
+    from deltanet.ops.triton.state import state_bwd_kernel, state_fwd_kernel
+    from deltanet.ops.triton.wy import wy_fwd_kernel
+
+    return {
+        "wy": (
+            wy_fwd_kernel,
+            ["k", "v", "beta", "w", "u", "a_inv", "cu_seqlens", "chunk_indices"],
+            ["T"],
+            {**BASE, "STORE_A_INV": True},
+        ),
+        "state_fwd (fused output)": (
+            state_fwd_kernel,
+            ["q", "k", "w", "u", "h", "u_tilde", "o", "h0", "ht", "cu_seqlens", "chunk_offsets"],
+            ["scale", "T"],
+            {
+                **BASE,
+                "HAS_INITIAL_STATE": True,
+                "STORE_FINAL_STATE": True,
+                "FUSE_OUTPUT": True,
+                "STORE_STATES": False,
+                "HAS_U": True,
+                "IDENTITY_START": False,
+            },
+        ),
+        "state_fwd (transition)": (
+            state_fwd_kernel,
+            ["q", "k", "w", "u", "h", "u_tilde", "o", "h0", "ht", "cu_seqlens", "chunk_offsets"],
+            ["scale", "T"],
+            {
+                **BASE,
+                "HAS_INITIAL_STATE": False,
+                "STORE_FINAL_STATE": True,
+                "FUSE_OUTPUT": False,
+                "STORE_STATES": True,
+                "HAS_U": False,
+                "IDENTITY_START": True,
+            },
+        ),
+        "state_bwd": (
+            state_bwd_kernel,
+            ["q", "k", "w", "do", "dh", "du_tilde", "dht", "dh0", "cu_seqlens", "chunk_offsets"],
+            ["scale", "T"],
+            {
+                **BASE,
+                "HAS_FINAL_STATE_GRAD": True,
+                "STORE_INITIAL_STATE_GRAD": True,
+                "STORE_STATES": True,
+                "HAS_DO": True,
+                "IDENTITY_START": False,
+            },
+        ),
+        "output": (
+            output_kernel,
+            ["q", "k", "h", "u_tilde", "o", "cu_seqlens", "chunk_indices"],
+            ["scale", "T"],
+            BASE,
+        ),
+        "bwd_direct": (
+            bwd_direct_kernel,
+            [
+                "q",
+                "k",
+                "h",
+                "dh",
+                "u_tilde",
+                "du_tilde",
+                "do",
+                "dq",
+                "dk_direct",
+                "dw",
+                "cu_seqlens",
+                "chunk_indices",
+            ],
+            ["scale", "T"],
+            BASE,
+        ),
+        "bwd_through_wy": (
+            bwd_through_wy_kernel,
+            [
+                "k",
+                "v",
+                "beta",
+                "a_inv",
+                "w",
+                "u",
+                "dw",
+                "du_tilde",
+                "dk_direct",
+                "dk",
+                "dv",
+                "dbeta",
+                "cu_seqlens",
+                "chunk_indices",
+            ],
+            ["T"],
+            BASE,
+        ),
+        "recurrent": (
+            recurrent_fwd_kernel,
+            ["q", "k", "v", "beta", "o", "h0", "ht", "cu_seqlens"],
+            ["scale", "T"],
+            {
+                "H": 4,
+                "K": 64,
+                "V": 64,
+                "BK": 64,
+                "BV": 64,
+                "HAS_INITIAL_STATE": True,
+                "STORE_FINAL_STATE": True,
+                "IS_VARLEN": True,
+            },
+        ),
+    }
+
+
+def compile_all() -> list[str]:
+    """Compile each kernel of KERNELS for sm_90a; return the names that failed, with the error."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    failures = []
+    for name, (fn, pointers, scalars, constants) in kernels().items():
+        signature = {p: "*i32" if p in INT_POINTERS else "*fp32" for p in pointers}  # float32 inputs
+        signature.update({s: "fp32" if s == "scale" else "i32" for s in scalars})
+        signature.update({c: "constexpr" for c in constants})
+        try:
+            compiled = triton.compile(
+                ASTSource(fn=fn, signature=signature, constexprs=constants),
+                target=GPUTarget("cuda", 90, 128),
+                options={"num_warps": 4, "num_stages": 1},
+            )
+            assert compiled.asm["cubin"], "no machine code"
+        except Exception as error:  # report every kernel, not only the first failure
+            failures.append(f"{name}: {type(error).__name__}: {str(error)[-300:]}")
+    return failures
+
+
+def test_every_kernel_compiles_for_h100():
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+if __name__ == "__main__":
+    failed = compile_all()
+    print("\n".join(failed) or f"all {len(kernels())} kernels compiled for sm_90a")
+    sys.exit(1 if failed else 0)
