@@ -7,9 +7,9 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 from triton.testing import do_bench
 
+from deltanet.benchmarks.kernels import make_inputs
 from deltanet.ops.triton import chunk as tc
 from deltanet.ops.triton.backward import chunk_bwd
 from deltanet.ops.triton.output import output_fwd
@@ -23,7 +23,6 @@ def bench(fn):
 
 def segments_probe():
     """The whole op, forward and forward+backward, with the state passes whole or in segments."""
-    from deltanet.benchmarks.kernels import make_inputs
     from deltanet.ops import chunk_delta_rule
     from deltanet.ops.triton.common import LAUNCH
 
@@ -52,11 +51,7 @@ def segments_probe():
 
 def stages(B, T, H, D, C=64, prec="tf32", lengths=None):
     """Median ms of each launch alone; lengths: a packed batch (B must be 1) with these sequence lengths."""
-    g = torch.Generator(device="cuda").manual_seed(0)
-    q = torch.randn(B, T, H, D, device="cuda", generator=g).bfloat16()
-    k = F.normalize(torch.randn(B, T, H, D, device="cuda", generator=g), dim=-1).bfloat16()
-    v = torch.randn(B, T, H, D, device="cuda", generator=g).bfloat16()
-    beta = torch.rand(B, T, H, device="cuda", generator=g).bfloat16()
+    q, k, v, beta = (t.detach() for t in make_inputs(B, T, H, D))  # the benchmark's bf16 inputs
     do = torch.randn_like(v)
     cu = None if lengths is None else torch.tensor([0] + lengths, device="cuda").cumsum(0).to(torch.int32)
     num_seqs, nc, ci, co = tc._plan(q, cu, C)

@@ -11,9 +11,9 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 from triton.testing import do_bench
 
+from deltanet.benchmarks.kernels import make_inputs
 from deltanet.ops.triton import chunk as tc
 from deltanet.ops.triton.backward import chunk_bwd
 from deltanet.ops.triton.common import LAUNCH
@@ -31,11 +31,7 @@ GRID = {
 
 
 def setup(B, T, H, D, C=64, prec="tf32"):
-    g = torch.Generator(device="cuda").manual_seed(0)
-    q = torch.randn(B, T, H, D, device="cuda", generator=g).bfloat16()
-    k = F.normalize(torch.randn(B, T, H, D, device="cuda", generator=g), dim=-1).bfloat16()
-    v = torch.randn(B, T, H, D, device="cuda", generator=g).bfloat16()
-    beta = torch.rand(B, T, H, device="cuda", generator=g).bfloat16()
+    q, k, v, beta = (t.detach() for t in make_inputs(B, T, H, D))  # the benchmark's bf16 inputs
     do = torch.randn_like(v)
     ns, nc, ci, co = tc._plan(q, None, C)
     w, u, a = wy_fwd(k, v, beta, None, ci, nc, T, C, prec, store_a_inv=True)
