@@ -15,7 +15,9 @@ import sys
 
 import pytest
 
-INT_POINTERS = ("cu_seqlens", "chunk_indices", "chunk_offsets")
+INT_POINTERS = ("cu_seqlens", "chunk_indices", "chunk_offsets", "doc_position")
+LONG_POINTERS = ("targets",)
+FLOAT_SCALARS = ("scale", "inv_n", "eps")
 # float32 inputs in the rounding tf32 mode: the most code (rounding, tf32 products) in one build per kernel.
 BASE = {
     "H": 4,
@@ -32,9 +34,17 @@ BASE = {
 def kernels() -> dict:
     """name -> (kernel, pointer arguments, scalar arguments, constexpr values)."""
     from deltanet.ops.triton.backward import bwd_direct_kernel, bwd_through_wy_kernel
+    from deltanet.ops.triton.cross_entropy import cross_entropy_bwd_kernel, cross_entropy_fwd_kernel
     from deltanet.ops.triton.output import output_kernel
     from deltanet.ops.triton.recurrent import recurrent_fwd_kernel
+    from deltanet.ops.triton.row_norm import row_norm_bwd_kernel, row_norm_fwd_kernel
+    from deltanet.ops.triton.short_conv import (
+        short_conv_dx_kernel,
+        short_conv_dz_kernel,
+        short_conv_fwd_kernel,
+    )
     from deltanet.ops.triton.state import state_bwd_kernel, state_fwd_kernel
+    from deltanet.ops.triton.swiglu import swiglu_bwd_kernel, swiglu_fwd_kernel
     from deltanet.ops.triton.wy import wy_fwd_kernel
 
     return {
@@ -146,6 +156,50 @@ def kernels() -> dict:
                 "IS_VARLEN": True,
             },
         ),
+        "short_conv_fwd": (
+            short_conv_fwd_kernel,
+            ["x", "weight", "doc_position", "y"],
+            ["T", "C"],
+            {"W": 4, "BLOCK_T": 64, "BLOCK_C": 128, "IS_VARLEN": True, "SILU": True},
+        ),
+        "short_conv_dz": (
+            short_conv_dz_kernel,
+            ["x", "weight", "doc_position", "dy", "dz", "dweight_partial"],
+            ["T", "C"],
+            {"W": 4, "BLOCK_T": 32, "BLOCK_C": 128, "IS_VARLEN": True, "SILU": True},
+        ),
+        "short_conv_dx": (
+            short_conv_dx_kernel,
+            ["dz", "weight", "doc_position", "dx"],
+            ["T", "C"],
+            {"W": 4, "BLOCK_T": 32, "BLOCK_C": 128, "IS_VARLEN": True},
+        ),
+        "row_norm_fwd": (
+            row_norm_fwd_kernel,
+            ["X", "W", "G", "Y", "RSTD"],
+            ["N", "D", "inv_n", "eps"],
+            {"HAS_WEIGHT": True, "HAS_GATE": True, "BLOCK_ROWS": 4, "BLOCK_D": 1024},
+        ),
+        "row_norm_bwd": (
+            row_norm_bwd_kernel,
+            ["X", "W", "G", "DY", "RSTD", "DX", "DG", "DW_PARTIAL"],
+            ["N", "D", "inv_n", "blocks_per_program"],
+            {"HAS_WEIGHT": True, "HAS_GATE": True, "BLOCK_ROWS": 4, "BLOCK_D": 1024},
+        ),
+        "cross_entropy_fwd": (
+            cross_entropy_fwd_kernel,
+            ["LOGITS", "targets", "LOSS", "LSE"],
+            ["V", "stride_row", "ignore_index"],
+            {"BLOCK_V": 4096},
+        ),
+        "cross_entropy_bwd": (
+            cross_entropy_bwd_kernel,
+            ["LOGITS", "targets", "LSE", "DLOGITS", "DLOSS"],
+            ["V", "stride_row", "ignore_index"],
+            {"BLOCK_V": 4096},
+        ),
+        "swiglu_fwd": (swiglu_fwd_kernel, ["G", "U", "H"], ["n"], {"BLOCK": 2048}),
+        "swiglu_bwd": (swiglu_bwd_kernel, ["G", "U", "DH", "DG", "DU"], ["n"], {"BLOCK": 2048}),
     }
 
 
@@ -157,8 +211,9 @@ def compile_all() -> list[str]:
 
     failures = []
     for name, (fn, pointers, scalars, constants) in kernels().items():
-        signature = {p: "*i32" if p in INT_POINTERS else "*fp32" for p in pointers}  # float32 inputs
-        signature.update({s: "fp32" if s == "scale" else "i32" for s in scalars})
+        signature = {p: "*i32" if p in INT_POINTERS else "*i64" if p in LONG_POINTERS else "*fp32"
+                     for p in pointers}  # float32 inputs
+        signature.update({s: "fp32" if s in FLOAT_SCALARS else "i32" for s in scalars})
         signature.update({c: "constexpr" for c in constants})
         try:
             compiled = triton.compile(

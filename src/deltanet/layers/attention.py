@@ -122,7 +122,9 @@ class Attention(TokenMixer):
         document_ids = info.document_layout()[0] if info.is_packed else None
         masked = document_ids is not None or key_mask is not None
         if only_causal(num_queries, num_past, self.window, masked):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=num_past == 0 and num_queries > 1)
+            # bool(): under torch.compile with dynamic shapes the comparison is a SymBool, which SDPA rejects.
+            is_causal = bool(num_past == 0 and num_queries > 1)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
         # Masks depend only on (window, num_past) within one forward: every layer sees the same tokens.
         if num_past == 0 and self._flex_enabled(q):
             block_mask = info.memo(

@@ -12,17 +12,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from deltanet.layers.sequence_info import SequenceInfo
+from deltanet.ops import causal_conv1d
 
 
 class ShortConvolution(nn.Module):
-    """Causal depthwise conv over time, no bias. weight [C, 1, W] (the F.conv1d layout for groups=C)."""
+    """Causal depthwise conv over time, no bias, optionally followed by SiLU. weight [C, 1, W] (the F.conv1d
+    layout for groups=C).
 
-    def __init__(self, channels: int, kernel_size: int = 4) -> None:
+    Training and prefill run the fused op (deltanet.ops.causal_conv1d: one kernel each way on the GPU);
+    decoding from a cached conv state runs F.conv1d over the state and the new tokens.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 4, activation: str | None = None) -> None:
         super().__init__()
         if kernel_size < 1:
             raise ValueError(f"kernel_size must be >= 1, got {kernel_size}")
+        if activation not in (None, "silu"):
+            raise ValueError(f"activation must be None or 'silu', got {activation!r}")
         self.channels = channels
         self.kernel_size = kernel_size
+        self.activation = activation
         self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size))
         self.reset_parameters()
 
@@ -32,7 +41,7 @@ class ShortConvolution(nn.Module):
         bound = self.kernel_size**-0.5
         nn.init.uniform_(self.weight, -bound, bound)
 
-    def _conv_with_history(self, x: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
+    def _with_history(self, x: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
         """x [B, T, C], history [B, C, W - 1] or None (zeros) -> inputs with history, [B, C, W - 1 + T]."""
         x_bct = x.transpose(1, 2)
         if history is None:
@@ -46,10 +55,10 @@ class ShortConvolution(nn.Module):
         state: torch.Tensor | None = None,
         return_state: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Convolve x [B, T, C] causally.
+        """Convolve x [B, T, C] causally (then apply the activation).
 
         Args:
-            x: inputs [B, T, C], any float dtype (the weight is used in x's dtype).
+            x: inputs [B, T, C], any float dtype; taps and sums in float32 (float64 for float64 x).
             info: token layout; padding (token_mask False) and packed documents are honoured.
             state: [B, C, W - 1], the last W - 1 inputs before x (decoding); None means zeros.
             return_state: also return the last W - 1 inputs including x, for the next step.
@@ -57,22 +66,23 @@ class ShortConvolution(nn.Module):
         Returns:
             y [B, T, C] in x's dtype, and the new state [B, C, W - 1] or None.
         """
+        if info.is_packed and (state is not None or return_state):
+            raise ValueError("conv state cannot be carried across packed documents (cu_seqlens)")
         if info.token_mask is not None:
             # Padding reads as zero input: a left-padded row then matches the same row unpadded.
             x = x * info.token_mask[..., None].to(x.dtype)
-        weight = self.weight.to(x.dtype)
-        if info.is_packed:
-            if state is not None or return_state:
-                raise ValueError("conv state cannot be carried across packed documents (cu_seqlens)")
-            # Each document left-aligned in its own row, so its first W - 1 outputs see only zeros before it.
-            padded_bct = self._conv_with_history(info.unpack_documents(x), None)
-            y = F.conv1d(padded_bct, weight, groups=self.channels).transpose(1, 2)
-            return info.repack_documents(y), None
-
-        padded_bct = self._conv_with_history(x, state)
-        y = F.conv1d(padded_bct, weight, groups=self.channels).transpose(1, 2)  # [B, T, C]
-        new_state = None
-        if return_state:
-            keep = self.kernel_size - 1
-            new_state = padded_bct[..., padded_bct.shape[-1] - keep :].clone()  # clone: don't pin the prefill
-        return y, new_state
+        keep = self.kernel_size - 1
+        if state is None:
+            y = causal_conv1d(x, self.weight[:, 0], cu_seqlens=info.cu_seqlens, activation=self.activation)
+            new_state = None
+            if return_state:  # the next step's history: the last W - 1 inputs, zeros before the start
+                tail = x[:, x.shape[1] - min(keep, x.shape[1]) :]
+                new_state = self._with_history(tail, None)[..., tail.shape[1] :].contiguous()
+            return y, new_state
+        wide = torch.float64 if x.dtype == torch.float64 else torch.float32  # as the fused op computes
+        padded_bct = self._with_history(x, state)
+        y = F.conv1d(padded_bct.to(wide), self.weight.to(wide), groups=self.channels).transpose(1, 2)
+        if self.activation == "silu":
+            y = F.silu(y)
+        new_state = padded_bct[..., padded_bct.shape[-1] - keep :].clone() if return_state else None
+        return y.to(x.dtype), new_state  # clone above: the state must not pin the whole prefill

@@ -59,9 +59,9 @@ class LinearRecurrentMixer(TokenMixer):
         self.k_proj = nn.Linear(hidden_size, inner, bias=False)
         self.v_proj = nn.Linear(hidden_size, inner, bias=False)
         if use_short_conv:
-            self.q_conv = ShortConvolution(inner, conv_size)
-            self.k_conv = ShortConvolution(inner, conv_size)
-            self.v_conv = ShortConvolution(inner, conv_size)
+            self.q_conv = ShortConvolution(inner, conv_size, activation="silu")
+            self.k_conv = ShortConvolution(inner, conv_size, activation="silu")
+            self.v_conv = ShortConvolution(inner, conv_size, activation="silu")
         if use_output_gate:
             self.g_proj = nn.Linear(hidden_size, inner, bias=False)
             self.o_norm: nn.Module = GatedRMSNorm(head_dim, eps=norm_eps)
@@ -72,7 +72,8 @@ class LinearRecurrentMixer(TokenMixer):
     def features(
         self, hidden_states: torch.Tensor, info: SequenceInfo, entry: RecurrentCacheEntry | None
     ) -> list[torch.Tensor]:
-        """q, k, v [B, T, H, D] after projection, short conv and SiLU (q and k not yet L2-normalised)."""
+        """q, k, v [B, T, H, D] after projection, short conv and SiLU (the conv applies it, fused); q and k
+        not yet L2-normalised."""
         batch, seq_len, _ = hidden_states.shape
         outputs = []
         for name in self.projection_names:
@@ -83,7 +84,9 @@ class LinearRecurrentMixer(TokenMixer):
                 x, new_state = conv(x, info, state=state, return_state=entry is not None)
                 if entry is not None:
                     entry.set(f"conv_{name}", new_state)
-            outputs.append(F.silu(x).view(batch, seq_len, self.num_heads, self.head_dim))
+            else:
+                x = F.silu(x)
+            outputs.append(x.view(batch, seq_len, self.num_heads, self.head_dim))
         return outputs
 
     def recurrence(

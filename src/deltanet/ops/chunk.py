@@ -176,8 +176,8 @@ def chunk_delta_rule(
         )
 
     compute_dtype = state_dtype_for(q, k, v, beta)
-    if use_qk_l2norm:
-        q, k = l2_normalize(q), l2_normalize(k)
+    if use_qk_l2norm:  # the PyTorch path stays PyTorch throughout: it is the reference for the kernels
+        q, k = l2_normalize(q, backend="torch"), l2_normalize(k, backend="torch")
     qc, kc, vc, bc = (t.to(compute_dtype) for t in (q, k, v, beta))
     N, H, K, V = shape.num_sequences, shape.num_heads, shape.key_dim, shape.value_dim
     if initial_state is None:

@@ -1,0 +1,35 @@
+"""The gate of a SwiGLU feed-forward network as a function on tensors: silu(gate) * up."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from deltanet.ops.backends import BACKENDS, default_backend
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+    """silu(gate) * up, elementwise (Shazeer, 2020, "GLU Variants Improve Transformer").
+
+    Args:
+        gate, up: the same shape and dtype (any float dtype).
+        backend: None (Triton for CUDA tensors that are not float64, else PyTorch), "torch" or "triton"
+            (one fused kernel each way, float32 arithmetic, ops/triton/swiglu.py).
+
+    Returns:
+        A tensor of up's shape and dtype. Gradients flow to gate and up.
+    """
+    if gate.shape != up.shape or gate.dtype != up.dtype:
+        raise ValueError(f"gate and up must have the same shape and dtype, got gate {gate.dtype} "
+                         f"{tuple(gate.shape)} and up {up.dtype} {tuple(up.shape)}")
+    if backend is None:
+        backend = default_backend(up.device, up.dtype)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be None or one of {BACKENDS}, got {backend!r}")
+    if backend == "triton":
+        if up.dtype == torch.float64:
+            raise TypeError("backend='triton' takes float32, bfloat16 or float16 gate and up, got float64")
+        from deltanet.ops.triton.swiglu import swiglu_fwd
+
+        return swiglu_fwd(gate.contiguous(), up.contiguous())
+    return F.silu(gate) * up
