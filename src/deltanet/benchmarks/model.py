@@ -152,7 +152,9 @@ def fla_config_like(fla_config_class, config: DeltaNetConfig):
     )
 
 
-def model_builders(size: str, fla: tuple | None, compiled: bool = False) -> dict:
+def model_builders(
+    size: str, fla: tuple | None, compiled: bool = False, compile_mode: str = "default"
+) -> dict:
     """name -> (our config for the FLOP formula, mixer kind, function building the model).
 
     fla: what `fla_model_class` returned, or None to leave flash-linear-attention out.
@@ -169,7 +171,9 @@ def model_builders(size: str, fla: tuple | None, compiled: bool = False) -> dict
         for name in list(builders):
             config, mixer, build = builders[name]
             def build_compiled(build=build):
-                return torch.compile(build(), fullgraph=True)
+                # dynamic=False: one static graph per shape (the shapes are fixed, as in training);
+                # otherwise the second shape recompiles with symbolic sizes.
+                return torch.compile(build(), fullgraph=True, dynamic=False, mode=compile_mode)
 
             builders[f"{name} compiled"] = (config, mixer, build_compiled)
     if fla is not None:
@@ -211,9 +215,16 @@ def time_training(model, optimizer, ids, device: torch.device, warmup: int, step
     return statistics.median(times), peak_memory_gib(device), loss.item()
 
 
-def run_training(size, shapes, device, warmup, steps, fla, compiled=False) -> list[dict]:
+def run_training(size, shapes, device, warmup, steps, fla, compiled=False, only=None,
+                 compile_mode="default") -> list[dict]:
+    """Time a training step of each model (all, or the names in `only`, in that order) at each shape."""
     rows = []
-    for name, (config, mixer, build) in model_builders(size, fla, compiled).items():
+    builders = model_builders(size, fla, compiled, compile_mode)
+    unknown = sorted(set(only or ()) - set(builders))
+    if unknown:
+        raise SystemExit(f"--models: unknown {', '.join(unknown)}; this run has {', '.join(builders)}")
+    for name in only or list(builders):
+        config, mixer, build = builders[name]
         progress("train", f"building {name} ({size})")
         model = build_on(device, build).train()
         num_params = sum(p.numel() for p in model.parameters())
@@ -342,6 +353,14 @@ def training_ratios(rows: list[dict]) -> list[dict]:
             seq_len=seq_len,
             ours_over_fla=ratio(models.get("deltanet"), models.get("fla-deltanet"), "tokens_per_s"),
             ours_over_transformer=ratio(models.get("deltanet"), models.get("transformer++"), "tokens_per_s"),
+            # Compiled: ours under torch.compile against fla as it runs (its ops break compiled graphs), and
+            # against our Transformer++ compiled the same way.
+            compiled_over_fla=ratio(
+                models.get("deltanet compiled"), models.get("fla-deltanet"), "tokens_per_s"
+            ),
+            compiled_over_transformer=ratio(
+                models.get("deltanet compiled"), models.get("transformer++ compiled"), "tokens_per_s"
+            ),
         )
         for (batch, seq_len), models in by_shape.items()
     ]
@@ -368,13 +387,16 @@ def print_tables(result: dict) -> None:
                 f"{row['model_tflops']:>8.1f} {fmt(row['peak_gib'], '.1f'):>9}"
             )
         print(
-            f"\n{'shape':>8} {'ours/fla':>9} {'ours/T++':>9}   (tokens/s ratios; issue 4's bar on one H100 "
-            "at 340M: ours/fla >= 1.1; ours/T++ >= 1 at 8x2048, > 1 at 1x16384)"
+            f"\n{'shape':>8} {'ours/fla':>9} {'ours/T++':>9} {'comp/fla':>9} {'comp/T++c':>9}   (tokens/s "
+            "ratios, eager and compiled; issue 4's bar on one H100 at 340M: ours/fla >= 1.1; ours/T++ >= 1 "
+            "at 8x2048, > 1 at 1x16384)"
         )
         for row in result["train_ratios"]:
             print(
                 f"{row['batch']}x{row['seq_len']:<6} {fmt(row['ours_over_fla'], '.2f'):>9} "
-                f"{fmt(row['ours_over_transformer'], '.2f'):>9}"
+                f"{fmt(row['ours_over_transformer'], '.2f'):>9} "
+                f"{fmt(row.get('compiled_over_fla'), '.2f'):>9} "
+                f"{fmt(row.get('compiled_over_transformer'), '.2f'):>9}"
             )
     if result.get("decode"):
         header = f"{'model':<14} {'context':>8} {'ms/token':>9} {'cache MiB':>10} {'peak GiB':>9}"
@@ -445,6 +467,16 @@ def main(argv: list[str] | None = None) -> dict:
         "--compile", action="store_true",
         help="training: also time this project's models under torch.compile(fullgraph=True)",
     )
+    parser.add_argument(
+        "--models", nargs="+", default=None,
+        help="training: only these rows, in this order (deltanet, transformer++, their '... compiled' forms "
+        "with --compile, fla-deltanet); default all",
+    )
+    parser.add_argument(
+        "--compile-mode", default="default",
+        choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode of the compiled rows (reduce-overhead: CUDA graphs; default: default)",
+    )
     parser.add_argument("--decode-steps", type=int, default=32, help="timed decoding steps per context")
     parser.add_argument(
         "--decode-budget-s",
@@ -475,7 +507,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"# model benchmark on {result['device']}: sections {' '.join(args.sections)}", flush=True)
     if "train" in args.sections:
         shapes = [parse_shape(shape) for shape in args.shapes]
-        result["train"] = run_training(args.size, shapes, device, args.warmup, args.steps, fla, args.compile)
+        result["train"] = run_training(args.size, shapes, device, args.warmup, args.steps, fla, args.compile,
+                                       args.models, args.compile_mode)
         result["train_ratios"] = training_ratios(result["train"])
     if "decode" in args.sections:
         result["decode"] = run_decoding(
