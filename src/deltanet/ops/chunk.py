@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from deltanet.ops.backends import BACKENDS, default_backend
+from deltanet.ops.host_offsets import host_offsets
 from deltanet.ops.l2norm import l2_normalize
 from deltanet.ops.validation import (
     check_chunk_size,
@@ -106,7 +107,7 @@ def _chunk_varlen_torch(q, k, v, beta, scale, state, chunk_size, cu_seqlens):
     Zero padding after each sequence has k = 0 and beta = 0, which leaves its state unchanged, so the
     final states are exact. Memory is N * L_max: fine unless lengths are very uneven.
     """
-    seq_index, position, max_len = _pack_index(cu_seqlens.tolist(), q.device)
+    seq_index, position, max_len = _pack_index(host_offsets(cu_seqlens), q.device)
     num_sequences = state.shape[0]
 
     def unpack(x: torch.Tensor) -> torch.Tensor:

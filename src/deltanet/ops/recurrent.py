@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from deltanet.ops.backends import BACKENDS, check_triton_dtype, default_backend
+from deltanet.ops.host_offsets import host_offsets
 from deltanet.ops.l2norm import l2_normalize
 from deltanet.ops.validation import check_delta_rule_inputs, resolve_scale, state_dtype_for
 
@@ -108,7 +109,7 @@ def recurrent_delta_rule(
     if cu_seqlens is None:
         o, final_state = _recurrent_one_sequence(qc, kc, vc, bc, scale, state0)
     else:
-        offsets = cu_seqlens.tolist()
+        offsets = host_offsets(cu_seqlens)
         pieces, finals = [], []
         for n, (start, end) in enumerate(zip(offsets[:-1], offsets[1:])):
             if end == start:  # an empty sequence keeps its initial state

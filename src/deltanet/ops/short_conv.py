@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from deltanet.ops.backends import BACKENDS, default_backend
+from deltanet.ops.host_offsets import host_offsets
 from deltanet.ops.validation import FLOAT_DTYPES
 
 MAX_WIDTH = 8  # the Triton kernels unroll the W taps
@@ -64,7 +65,7 @@ def check_short_conv_inputs(
         raise ValueError(
             f"with cu_seqlens the batch size B of x must be 1 (documents packed along T), got B={B}"
         )
-    offsets = cu_seqlens.tolist()
+    offsets = host_offsets(cu_seqlens)
     if offsets[0] != 0:
         raise ValueError(f"cu_seqlens must start at 0, got {offsets[0]}")
     if offsets[-1] != T:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from deltanet.ops.host_offsets import host_offsets
+
 FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 MAX_HEAD_DIM = 256
 
@@ -90,7 +92,7 @@ def check_delta_rule_inputs(
             raise ValueError(
                 f"with cu_seqlens the batch size B must be 1 (sequences packed along T), got B={B}"
             )
-        offsets = cu_seqlens.tolist()
+        offsets = host_offsets(cu_seqlens)
         if offsets[0] != 0:
             raise ValueError(f"cu_seqlens must start at 0, got {offsets[0]}")
         if offsets[-1] != T:

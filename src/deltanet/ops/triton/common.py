@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from deltanet.ops.host_offsets import host_offsets
+
 
 @triton.jit
 def sequence_bounds(n, cu_seqlens, T, IS_VARLEN: tl.constexpr):
@@ -108,7 +110,7 @@ def chunk_tables(cu_seqlens: torch.Tensor | None, batch: int, seq_len: int, chun
     """
     if cu_seqlens is None:
         return batch * triton.cdiv(seq_len, chunk_size), None, None
-    offsets = np.asarray(cu_seqlens.tolist(), dtype=np.int64)
+    offsets = np.asarray(host_offsets(cu_seqlens), dtype=np.int64)
     chunks = -(-np.diff(offsets) // chunk_size)
     chunk_offsets = np.concatenate([[0], np.cumsum(chunks)])
     total = int(chunk_offsets[-1])

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from deltanet.ops.host_offsets import host_offsets
 from deltanet.ops.triton.common import LAUNCH, multiprocessor_count
 from deltanet.ops.triton.state import launch_state_bwd, launch_state_fwd, state_bwd, state_fwd, value_block
 
@@ -42,7 +43,7 @@ class Segments:
         if cu_seqlens is None:
             bounds = [(n * seq_len, (n + 1) * seq_len) for n in range(batch)]
         else:
-            offsets = cu_seqlens.tolist()
+            offsets = host_offsets(cu_seqlens)
             bounds = list(zip(offsets[:-1], offsets[1:]))
         tokens_per_segment = segment_chunks * chunk_size
         starts, chunk_starts, self.first, self.count = [], [], [], []
