@@ -208,10 +208,17 @@ def plot(result, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    plotted = 0
     for impl in sorted({r["impl"] for r in result["rows"]}):
+        # Fixed-length H=16 rows with a forward+backward time (the recurrent kernel has none: NaN).
         pts = sorted((r["T"], r["fwd_bwd_ms"]) for r in result["rows"]
-                     if r["impl"] == impl and r["H"] == 16 and not r["varlen"])
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
+                     if r["impl"] == impl and r["H"] == 16 and not r["varlen"] and r["fwd_bwd_ms"] > 0)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
+            plotted += 1
+    if not plotted:  # e.g. --only with the packed batch alone: nothing to draw against T
+        plt.close(fig)
+        return
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("T (B*T = 16384 up to T=16384; H=16, D=128, bf16)")
