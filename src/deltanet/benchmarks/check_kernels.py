@@ -82,8 +82,8 @@ CASES = [  # name, (B, T, H, K, V), dtype, lengths, allow_tf32, bound, compare w
     ("fp16 B=2 T=1000 H=4 D=64", (2, 1000, 4, 64, 64), torch.float16, None, True, None, False),
     ("fp32 tf32 B=2 T=2048 H=4 D=128", (2, 2048, 4, 128, 128), torch.float32, None, True, 1e-3, False),
     ("bf16 K=V=256", (1, 1000, 2, 256, 256), torch.bfloat16, None, True, None, False),
-    # Last: full-float32 products compile to unrolled FMA code, which takes Triton minutes to build.
-    ("fp32 ieee B=2 T=2048 H=4 D=128", (2, 2048, 4, 128, 128), torch.float32, None, False, 1e-5, False),
+    # allow_tf32=False: float32 accuracy from three tf32 products per product (tf32x3).
+    ("fp32 tf32x3 B=2 T=2048 H=4 D=128", (2, 2048, 4, 128, 128), torch.float32, None, False, 1e-5, False),
 ]
 
 
@@ -91,19 +91,24 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT", "check_results"))
+    parser.add_argument("--cases", nargs="+", default=None, metavar="TEXT",
+                        help="only the cases whose name contains one of these texts (default: all)")
+    parser.add_argument("--skip-long", action="store_true", help="skip the T=65536 finiteness check")
     args = parser.parse_args(argv)
+    cases = [c for c in CASES if args.cases is None or any(text in c[0] for text in args.cases)]
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = True
     fla = fla_fn()
     results, ok = [], True
-    # Long sequence: finite output and state.
-    q, k, v, beta, h0, cu, do, dht = make_case(1, 65536, 4, 128, 128, torch.bfloat16, seed=99)
-    o, ht = ours()(q, k, v, beta, h0, cu)
-    long_finite = bool(torch.isfinite(o).all() and torch.isfinite(ht).all())
-    ok &= long_finite
-    print(f"T=65536 bf16 finite: {long_finite}", flush=True)
+    long_finite = None
+    if not args.skip_long:  # long sequence: finite output and state
+        q, k, v, beta, h0, cu, do, dht = make_case(1, 65536, 4, 128, 128, torch.bfloat16, seed=99)
+        o, ht = ours()(q, k, v, beta, h0, cu)
+        long_finite = bool(torch.isfinite(o).all() and torch.isfinite(ht).all())
+        ok &= long_finite
+        print(f"T=65536 bf16 finite: {long_finite}", flush=True)
     start = time.time()
-    for name, (B, T, H, K, V), dtype, lengths, allow_tf32, bound, with_fla in CASES:
+    for name, (B, T, H, K, V), dtype, lengths, allow_tf32, bound, with_fla in cases:
         print(f"[{time.time() - start:5.0f} s] {name} ...", flush=True)
         case = make_case(B, T, H, K, V, dtype, seed=len(results), lengths=lengths)
         ref = run_case(reference, *case)

@@ -150,9 +150,10 @@ def chunk_delta_rule(
         backend: None picks the fastest for the tensors' device; "torch" forces PyTorch; "triton" the
             GPU kernels.
         use_qk_l2norm: L2-normalise q and k over K inside the op (gradients flow through it).
-        allow_tf32: Triton backend with float32 inputs: matrix products in tf32 (default; measured
-            ~2e-3 norm-wise relative error on an H100, docs/kernels.md) or, if False, in full float32
-            (slow to compile on the GPU).
+        allow_tf32: Triton backend with float32 inputs: matrix products in tf32 with operands rounded to
+            nearest (default; 7e-4 norm-wise relative error measured on an H100, docs/kernels.md) or, if
+            False, at float32 accuracy: each product as three tf32 products of split operands (~1e-6
+            relative per product, Triton's "tf32x3"), not IEEE float32 FMAs, whose GPU build takes minutes.
 
     Returns:
         o [B, T, H, V] in v's dtype, and the final state [N, H, K, V] or None. The PyTorch backend

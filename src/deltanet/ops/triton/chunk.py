@@ -183,11 +183,14 @@ def chunk_delta_rule_triton(
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.contiguous()
     # float32 inputs: tf32 products of operands rounded to nearest first (the tensor cores' own conversion
-    # truncates, which doubled the error; common.round_to_tf32). bf16/fp16 operands are not touched.
-    if not allow_tf32:
-        dot_precision = "ieee"
+    # truncates, which doubled the error; common.round_to_tf32); with allow_tf32=False, float32 accuracy from
+    # three tf32 products of split operands (hi*hi + hi*lo + lo*hi, Triton's "tf32x3"): plain float32
+    # ("ieee") products compile to unrolled FMA code whose build took minutes per kernel. bf16/fp16 inputs:
+    # their own products; float32 intermediates in tf32.
+    if v.dtype != torch.float32:
+        dot_precision = "tf32"
     else:
-        dot_precision = "tf32_round" if v.dtype == torch.float32 else "tf32"
+        dot_precision = "tf32_round" if allow_tf32 else "tf32x3"
     o, final_state = chunk_delta_rule_fwd(
         q, k, v, beta, float(scale), initial_state, bool(output_final_state), cu_seqlens, chunk_size,
         dot_precision,

@@ -68,9 +68,11 @@ def round_to_tf32(x):
 
 @triton.jit
 def dot(a, b, DOT_PRECISION: tl.constexpr):
-    """tl.dot with the kernels' precision modes: "ieee" (full float32), "tf32" (the tensor cores' own
-    conversion of float32 operands), "tf32_round" (float32 operands rounded to nearest tf32 first; the
-    mode for float32 inputs). bf16/fp16 operands are multiplied as they are in every mode."""
+    """tl.dot with the kernels' precision modes: "tf32" (the tensor cores' own conversion of float32
+    operands), "tf32_round" (float32 operands rounded to nearest tf32 first; float32 inputs by default),
+    "tf32x3" (three tf32 products of split operands, float32 accuracy; allow_tf32=False), "ieee" (float32
+    FMA code; correct but minutes to build on sm_90, unused). bf16/fp16 operands are multiplied as they
+    are in every mode."""
     if DOT_PRECISION == "tf32_round":
         return tl.dot(round_to_tf32(a), round_to_tf32(b), input_precision="tf32")
     else:
