@@ -75,3 +75,17 @@ def test_causal_lm_loss_shifts_labels_and_skips_ignored_targets():
              if not ignored[b, t + 1]]
     expected = torch.stack(terms).mean()
     assert rel_err(causal_lm_loss(logits, labels, ignored), expected) < 1e-12
+
+
+def test_cross_entropy_out_of_range_targets():
+    """PyTorch raises; the Triton path (which does not wait for the GPU to check) gives NaN, never a value
+    read from outside the row."""
+    logits = torch.randn(3, 10, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    for bad in (10, -1):
+        targets = torch.tensor([1, bad, 2])
+        with pytest.raises(IndexError):
+            cross_entropy(logits, targets, backend="torch")
+        loss = cross_entropy(logits, targets, backend="triton")
+        assert torch.isnan(loss)
+        (grad,) = torch.autograd.grad(loss, logits)
+        assert torch.isnan(grad[1]).all() and torch.isfinite(grad[0]).all()

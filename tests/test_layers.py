@@ -293,3 +293,22 @@ def test_left_padding_matches_unpadded_prefill_and_decoding(name):
         torch.testing.assert_close(
             out[:1], alone[:, length + step : length + step + 1], rtol=0, atol=F64_ATOL
         )
+
+
+def test_short_convolution_decoding_matches_prefill_under_autocast():
+    """Decoding from a conv state computes in float32 like the fused prefill path, also under autocast (which
+    would otherwise run conv1d in bf16): both round once, to bf16, so each output is within bf16's unit
+    roundoff u = 2^-8 of the float64 value."""
+    torch.manual_seed(0)
+    conv = ShortConvolution(64, kernel_size=4, activation="silu")
+    x = torch.randn(2, 9, 64).to(torch.bfloat16)
+    reference = F.silu(conv_reference(x.double(), conv.weight.double()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full, _ = conv(x, SequenceInfo.contiguous(2, 9, x.device))
+        pieces, state = [], None
+        for start in range(9):  # token by token, all from the conv state
+            y, state = conv(x[:, start : start + 1], SequenceInfo.contiguous(2, 1, x.device), state, True)
+            pieces.append(y)
+    for out in (full, torch.cat(pieces, 1)):
+        assert out.dtype == torch.bfloat16
+        assert ((out.double() - reference).abs() <= 2**-8 * reference.abs() + 1e-30).all()

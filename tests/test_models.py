@@ -340,3 +340,12 @@ def test_presets_follow_the_paper_and_reject_unknown_names():
         preset_config("deltanet-2b")
     with pytest.raises(ValueError, match="hiden_size"):
         preset_config("deltanet-debug", hiden_size=8)
+
+
+def test_last_hidden_state_keeps_the_residual_dtype_under_autocast():
+    """The block norms write bf16 under autocast (a projection follows); the final norm's output is returned
+    to the user and keeps float32."""
+    model = tiny_model("deltanet")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.model(input_ids=random_ids(1, 5), use_cache=False)
+    assert out.last_hidden_state.dtype == torch.float32

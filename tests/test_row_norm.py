@@ -122,3 +122,16 @@ def test_row_norm_opcheck():
     gate = torch.randn(9, 48, generator=g, requires_grad=True)
     torch.library.opcheck(row_norm_fwd, (x, w, gate, 1 / 48, 1e-6, torch.float32),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_rms_norm_strided_weight_and_empty_rows():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 16, generator=g)
+    wide = torch.randn(32, generator=g)
+    expected = reference(x, wide[::2], None, 1e-6, mean=True)
+    assert rel_err(rms_norm(x, wide[::2], backend="triton"), expected) < FP32_BOUND
+    empty = torch.randn(0, 16, requires_grad=True)
+    w = torch.ones(16, requires_grad=True)
+    y = rms_norm(empty, w, backend="triton")
+    y.sum().backward()
+    assert y.shape == (0, 16) and (w.grad == 0).all()

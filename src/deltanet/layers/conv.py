@@ -81,7 +81,8 @@ class ShortConvolution(nn.Module):
             return y, new_state
         wide = torch.float64 if x.dtype == torch.float64 else torch.float32  # as the fused op computes
         padded_bct = self._with_history(x, state)
-        y = F.conv1d(padded_bct.to(wide), self.weight.to(wide), groups=self.channels).transpose(1, 2)
+        with torch.autocast(x.device.type, enabled=False):  # conv1d is on autocast's low-precision list
+            y = F.conv1d(padded_bct.to(wide), self.weight.to(wide), groups=self.channels).transpose(1, 2)
         if self.activation == "silu":
             y = F.silu(y)
         new_state = padded_bct[..., padded_bct.shape[-1] - keep :].clone() if return_state else None

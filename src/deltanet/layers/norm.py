@@ -21,16 +21,20 @@ class RMSNorm(nn.Module):
 
     Statistics are computed in float32 (float64 for float64 input), since bf16 sums of squares lose
     precision; one fused kernel each way on the GPU (deltanet.ops.rms_norm). Input [..., dim] -> output
-    [..., dim] in the input's dtype, or in the autocast dtype under autocast.
+    [..., dim] in the input's dtype, or, with autocast_output (the default) and autocast on, in the autocast
+    dtype: right before a projection, which would cast it anyway. A norm whose output is returned to the
+    user (the model's final norm) passes autocast_output=False.
     """
 
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+    def __init__(self, dim: int, eps: float = 1e-6, autocast_output: bool = True) -> None:
         super().__init__()
         self.eps = eps
+        self.autocast_output = autocast_output
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps, out_dtype=output_dtype(x))
+        out_dtype = output_dtype(x) if self.autocast_output else x.dtype
+        return rms_norm(x, self.weight, self.eps, out_dtype=out_dtype)
 
 
 class GatedRMSNorm(RMSNorm):
@@ -40,4 +44,5 @@ class GatedRMSNorm(RMSNorm):
     """
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return rms_norm(x, self.weight, self.eps, gate=gate, out_dtype=output_dtype(x))
+        out_dtype = output_dtype(x) if self.autocast_output else x.dtype
+        return rms_norm(x, self.weight, self.eps, gate=gate, out_dtype=out_dtype)

@@ -88,7 +88,8 @@ class DeltaNetModel(DeltaNetPreTrainedModel):
             )
             for i in range(config.num_hidden_layers)
         )
-        self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
+        # The final norm's output is returned (last_hidden_state): it keeps the residual stream's dtype.
+        self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps, autocast_output=False)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:

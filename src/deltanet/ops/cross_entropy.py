@@ -18,7 +18,8 @@ def cross_entropy(
 
     Args:
         logits: [N, V], any float dtype.
-        targets: integer [N], values in [0, V) or ignore_index.
+        targets: integer [N], values in [0, V) or ignore_index. Others: IndexError on the PyTorch path; a
+            NaN loss (and gradient) on the Triton path, which does not wait for the GPU to check.
         ignore_index: target value of rows that count for nothing.
         backend: None (Triton for CUDA tensors that are not float64, else PyTorch), "torch" or "triton".
 

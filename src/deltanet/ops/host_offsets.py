@@ -20,13 +20,20 @@ _READ: dict[int, tuple[weakref.ref, int, tuple[int, ...]]] = {}
 
 def host_offsets(cu_seqlens: torch.Tensor) -> tuple[int, ...]:
     """The values of a 1-D integer tensor as a tuple of ints; one device-to-host read per tensor while it
-    lives unchanged."""
+    lives unchanged.
+
+    Writes that bypass the version counter (through `.data`, or memory shared with numpy) are not seen:
+    don't modify a cu_seqlens in place that way while it is in use. Inference tensors (made under
+    torch.inference_mode) have no version counter and are read every time.
+    """
+    if cu_seqlens.is_inference():
+        return tuple(cu_seqlens.tolist())
     key = id(cu_seqlens)
     entry = _READ.get(key)
     if entry is not None and entry[0]() is cu_seqlens and entry[1] == cu_seqlens._version:
         return entry[2]
     values = tuple(cu_seqlens.tolist())
-    for stale in [k for k, (ref, _, _) in _READ.items() if ref() is None]:
+    for stale in [k for k, (ref, _, _) in list(_READ.items()) if ref() is None]:
         del _READ[stale]
     _READ[key] = (weakref.ref(cu_seqlens), cu_seqlens._version, values)
     return values

@@ -75,8 +75,6 @@ def recurrent_delta_rule(
     """
     shape = check_delta_rule_inputs(q, k, v, beta, initial_state, cu_seqlens)
     scale = resolve_scale(scale, shape.key_dim)
-    if use_qk_l2norm:
-        q, k = l2_normalize(q), l2_normalize(k)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, beta, initial_state)
     )
@@ -84,6 +82,9 @@ def recurrent_delta_rule(
         backend = "triton" if default_backend(q.device, v.dtype) == "triton" and not needs_grad else "torch"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be None or one of {BACKENDS}, got {backend!r}")
+    if use_qk_l2norm:  # the PyTorch path stays PyTorch throughout: it is the reference
+        norm_backend = "torch" if backend == "torch" else None
+        q, k = l2_normalize(q, backend=norm_backend), l2_normalize(k, backend=norm_backend)
     if backend == "triton":
         check_triton_dtype(v)
         if needs_grad:

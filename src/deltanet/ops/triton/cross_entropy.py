@@ -41,8 +41,12 @@ def cross_entropy_fwd_kernel(
     row_max = tl.max(running_max, axis=0)
     lse = row_max + tl.log(tl.sum(running_sum * tl.exp(running_max - row_max), axis=0))
     valid = target != ignore_index
-    target_logit = tl.load(row_logits + tl.where(valid, target, 0)).to(tl.float32)
-    tl.store(LOSS + row, tl.where(valid, lse - target_logit, 0.0))
+    in_range = (target >= 0) & (target < V)
+    # A target outside [0, V) (and not ignore_index) gives a NaN loss instead of a read outside the row; a
+    # host-side check would make every call wait for the GPU.
+    target_logit = tl.load(row_logits + tl.where(valid & in_range, target, 0)).to(tl.float32)
+    loss = tl.where(in_range, lse - target_logit, float("nan"))
+    tl.store(LOSS + row, tl.where(valid, loss, 0.0))
     tl.store(LSE + row, lse)
 
 
@@ -53,7 +57,9 @@ def cross_entropy_bwd_kernel(
     row = tl.program_id(0).to(tl.int64)
     target = tl.load(targets + row).to(tl.int32)
     lse = tl.load(LSE + row)
-    scale = tl.where(target != ignore_index, tl.load(DLOSS + row), 0.0)  # d total / d loss_n
+    valid = target != ignore_index
+    scale = tl.where(valid, tl.load(DLOSS + row), 0.0)  # d total / d loss_n
+    scale = tl.where(valid & ((target < 0) | (target >= V)), float("nan"), scale)  # as the forward's NaN
     cols = tl.arange(0, BLOCK_V)
     for start in range(0, V, BLOCK_V):
         mask = start + cols < V

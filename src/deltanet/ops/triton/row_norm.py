@@ -110,6 +110,8 @@ def row_norm_fwd(
     y = torch.empty(N, D, device=x.device, dtype=out_dtype)
     rstd = torch.empty(N, device=x.device, dtype=torch.float32)
     block_d, block_rows, num_warps = _tiles(D)
+    if N == 0:
+        return y, rstd
     row_norm_fwd_kernel[(triton.cdiv(N, block_rows),)](
         x, weight, gate, y, rstd, N, D, inv_n, eps,
         HAS_WEIGHT=weight is not None, HAS_GATE=gate is not None, BLOCK_ROWS=block_rows, BLOCK_D=block_d,
@@ -133,6 +135,9 @@ def row_norm_bwd(
     dy = dy.contiguous()
     dx = torch.empty_like(x)
     dgate = torch.empty_like(gate) if gate is not None else x.new_empty(0)
+    if N == 0:
+        dweight = torch.zeros_like(weight) if weight is not None else x.new_empty(0)
+        return dx, dweight, dgate
     block_d, block_rows, num_warps = _tiles(D)
     row_blocks = triton.cdiv(N, block_rows)
     programs = min(row_blocks, 4 * multiprocessor_count(x.device))
@@ -180,6 +185,7 @@ def row_norm_triton(
                         "use backend='torch'")
     shape = x.shape
     x2 = x.reshape(-1, shape[-1]).contiguous()
+    weight = None if weight is None else weight.contiguous()  # the kernels read it with stride 1
     gate2 = None if gate is None else gate.reshape(-1, shape[-1]).contiguous()
     y, _ = row_norm_fwd(x2, weight, gate2, inv_n, eps, out_dtype)
     return y.view(shape)
