@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 
 # Without a GPU, run the Triton kernels on the CPU in Triton's interpreter. Must be set before any
@@ -47,3 +48,15 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """max |actual - expected| / max |expected|, in float64: the error measure of every test."""
     actual, expected = actual.double(), expected.double()
     return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-300)).item()
+
+
+@pytest.fixture
+def nan_filled_allocations():
+    """Fill every uninitialised allocation with NaN (deterministic mode), so that an element a kernel forgets
+    to write fails the test."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(before[0])
+    torch.utils.deterministic.fill_uninitialized_memory = before[1]

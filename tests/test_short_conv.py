@@ -32,14 +32,7 @@ LOW_PRECISION_FACTORS = (2, 3, 3)
 NAMES = ("y", "dx", "dweight")
 
 
-@pytest.fixture(autouse=True)
-def nan_filled_allocations():
-    before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    yield
-    torch.use_deterministic_algorithms(before[0])
-    torch.utils.deterministic.fill_uninitialized_memory = before[1]
+pytestmark = pytest.mark.usefixtures("nan_filled_allocations")  # conftest: unwritten elements show up
 
 
 def conv_reference(x, weight, cu_seqlens=None, activation=None):

@@ -25,14 +25,7 @@ FP32_BOUND = 1e-5
 FP16_BOUND = 4e-3
 
 
-@pytest.fixture(autouse=True)
-def nan_filled_allocations():
-    before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    yield
-    torch.use_deterministic_algorithms(before[0])
-    torch.utils.deterministic.fill_uninitialized_memory = before[1]
+pytestmark = pytest.mark.usefixtures("nan_filled_allocations")  # conftest: unwritten elements show up
 
 
 def outputs_and_grads(q, k, v, beta, s0, seed, **kwargs):

@@ -23,3 +23,12 @@ def check_triton_dtype(v: torch.Tensor) -> None:
     if v.dtype == torch.float64:
         raise TypeError("backend='triton' takes float32, bfloat16 or float16 inputs, got v float64; "
                         "use backend='torch' for float64")
+
+
+def resolve_backend(backend: str | None, x: torch.Tensor) -> str:
+    """The backend an op runs on: `backend` itself if valid, or the fastest for x's device and dtype."""
+    if backend is None:
+        return default_backend(x.device, x.dtype)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be None or one of {BACKENDS}, got {backend!r}")
+    return backend

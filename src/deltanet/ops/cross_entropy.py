@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deltanet.ops.backends import BACKENDS, default_backend
+from deltanet.ops.backends import resolve_backend
 
 
 def cross_entropy(
@@ -31,10 +31,7 @@ def cross_entropy(
     if targets.shape != logits.shape[:1] or targets.dtype.is_floating_point:
         raise ValueError(f"targets must be integer [N] = [{logits.shape[0]}], got {targets.dtype} "
                          f"{tuple(targets.shape)}")
-    if backend is None:
-        backend = default_backend(logits.device, logits.dtype)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be None or one of {BACKENDS}, got {backend!r}")
+    backend = resolve_backend(backend, logits)
     if backend == "triton":
         if logits.dtype == torch.float64:
             raise TypeError("backend='triton' takes float32, bfloat16 or float16 logits, got float64")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from deltanet.ops.backends import BACKENDS, default_backend
+from deltanet.ops.backends import resolve_backend
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6, backend: str | None = None) -> torch.Tensor:
@@ -18,10 +18,7 @@ def l2_normalize(x: torch.Tensor, eps: float = 1e-6, backend: str | None = None)
         backend: None (Triton for CUDA tensors that are not float64, else PyTorch), "torch" or "triton"
             (one fused kernel each way, ops/triton/row_norm.py).
     """
-    if backend is None:
-        backend = default_backend(x.device, x.dtype)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be None or one of {BACKENDS}, got {backend!r}")
+    backend = resolve_backend(backend, x)
     if backend == "triton":
         from deltanet.ops.triton.row_norm import row_norm_triton
 

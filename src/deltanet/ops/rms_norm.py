@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deltanet.ops.backends import BACKENDS, default_backend
+from deltanet.ops.backends import resolve_backend
 
 
 def rms_norm(
@@ -40,10 +40,7 @@ def rms_norm(
     if gate is not None and gate.shape != x.shape:
         raise ValueError(f"gate must have x's shape {tuple(x.shape)}, got {tuple(gate.shape)}")
     out_dtype = x.dtype if out_dtype is None else out_dtype
-    if backend is None:
-        backend = default_backend(x.device, x.dtype)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be None or one of {BACKENDS}, got {backend!r}")
+    backend = resolve_backend(backend, x)
     if backend == "triton":
         from deltanet.ops.triton.row_norm import row_norm_triton
 

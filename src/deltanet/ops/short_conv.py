@@ -13,16 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deltanet.ops.backends import BACKENDS, default_backend
-from deltanet.ops.host_offsets import host_offsets
-from deltanet.ops.validation import FLOAT_DTYPES
+from deltanet.ops.backends import resolve_backend
+from deltanet.ops.validation import FLOAT_DTYPES, check_cu_seqlens, shape_str
 
 MAX_WIDTH = 8  # the Triton kernels unroll the W taps
 ACTIVATIONS = (None, "silu")
-
-
-def _shape_str(t: torch.Tensor) -> str:
-    return "[" + ", ".join(str(s) for s in t.shape) + "]"
 
 
 def check_short_conv_inputs(
@@ -38,40 +33,21 @@ def check_short_conv_inputs(
         if t.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name} must be float64, float32, bfloat16 or float16, got {t.dtype}")
     if x.dim() != 3:
-        raise ValueError(f"x must have shape [B, T, C] (3 dims), got {_shape_str(x)}")
+        raise ValueError(f"x must have shape [B, T, C] (3 dims), got {shape_str(x)}")
     B, T, C = x.shape
     if B == 0 or T == 0 or C == 0:
-        raise ValueError(f"x must have non-empty B, T and C, got {_shape_str(x)}")
+        raise ValueError(f"x must have non-empty B, T and C, got {shape_str(x)}")
     if weight.dim() != 2 or weight.shape[0] != C:
-        raise ValueError(f"weight must have shape [C, W] = [{C}, W], got {_shape_str(weight)}"
+        raise ValueError(f"weight must have shape [C, W] = [{C}, W], got {shape_str(weight)}"
                          + (" (squeeze the F.conv1d layout [C, 1, W])" if weight.dim() == 3 else ""))
     if not 1 <= weight.shape[1] <= MAX_WIDTH:
-        raise ValueError(f"weight width W must be in [1, {MAX_WIDTH}], got weight {_shape_str(weight)}")
+        raise ValueError(f"weight width W must be in [1, {MAX_WIDTH}], got weight {shape_str(weight)}")
     if weight.device != x.device:
         raise ValueError(f"weight is on {weight.device} but x is on {x.device}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be None or 'silu', got {activation!r}")
-    if cu_seqlens is None:
-        return
-    if not isinstance(cu_seqlens, torch.Tensor):
-        raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
-    if cu_seqlens.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
-    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-        raise ValueError(f"cu_seqlens must have shape [N + 1] with N >= 1, got {_shape_str(cu_seqlens)}")
-    if cu_seqlens.device != x.device:
-        raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but x is on {x.device}")
-    if B != 1:
-        raise ValueError(
-            f"with cu_seqlens the batch size B of x must be 1 (documents packed along T), got B={B}"
-        )
-    offsets = host_offsets(cu_seqlens)
-    if offsets[0] != 0:
-        raise ValueError(f"cu_seqlens must start at 0, got {offsets[0]}")
-    if offsets[-1] != T:
-        raise ValueError(f"cu_seqlens must end at T={T}, got {offsets[-1]}")
-    if any(b < a for a, b in zip(offsets[:-1], offsets[1:])):
-        raise ValueError(f"cu_seqlens must be non-decreasing, got {offsets}")
+    if cu_seqlens is not None:
+        check_cu_seqlens(cu_seqlens, B, T, x.device, "x")
 
 
 def document_positions(cu_seqlens: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -141,10 +117,7 @@ def causal_conv1d(
         accumulated in float32 and returned in weight's dtype.
     """
     check_short_conv_inputs(x, weight, cu_seqlens, activation)
-    if backend is None:
-        backend = default_backend(x.device, x.dtype)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be None or one of {BACKENDS}, got {backend!r}")
+    backend = resolve_backend(backend, x)
     doc_position = None if cu_seqlens is None else document_positions(cu_seqlens, x.shape[1])
     if backend == "triton":
         from deltanet.ops.triton.short_conv import causal_conv1d_triton

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deltanet.ops.backends import BACKENDS, default_backend
+from deltanet.ops.backends import resolve_backend
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor, backend: str | None = None) -> torch.Tensor:
@@ -22,10 +22,7 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor, backend: str | None = None) -> 
     if gate.shape != up.shape or gate.dtype != up.dtype:
         raise ValueError(f"gate and up must have the same shape and dtype, got gate {gate.dtype} "
                          f"{tuple(gate.shape)} and up {up.dtype} {tuple(up.shape)}")
-    if backend is None:
-        backend = default_backend(up.device, up.dtype)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be None or one of {BACKENDS}, got {backend!r}")
+    backend = resolve_backend(backend, up)
     if backend == "triton":
         if up.dtype == torch.float64:
             raise TypeError("backend='triton' takes float32, bfloat16 or float16 gate and up, got float64")

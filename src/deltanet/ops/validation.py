@@ -29,8 +29,39 @@ class DeltaRuleShape:
     num_sequences: int  # N: B, or len(cu_seqlens) - 1
 
 
-def _shape_str(t: torch.Tensor) -> str:
+def shape_str(t: torch.Tensor) -> str:
     return "[" + ", ".join(str(s) for s in t.shape) + "]"
+
+
+def check_cu_seqlens(
+    cu_seqlens: torch.Tensor, batch: int, seq_len: int, device: torch.device, input_name: str
+) -> tuple[int, ...]:
+    """Validate packed-sequence offsets for an input [B, T, ...] called input_name; return them as ints.
+
+    cu_seqlens must be an int32/int64 tensor [N + 1] on the input's device, B must be 1, and the offsets must
+    start at 0, end at T and never decrease. Reads cu_seqlens on the host (once per tensor: host_offsets).
+    """
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must have shape [N + 1] with N >= 1, got {shape_str(cu_seqlens)}")
+    if cu_seqlens.device != device:
+        raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but {input_name} is on {device}")
+    if batch != 1:
+        raise ValueError(
+            f"with cu_seqlens the batch size B of {input_name} must be 1 (sequences packed along T), "
+            f"got B={batch}"
+        )
+    offsets = host_offsets(cu_seqlens)
+    if offsets[0] != 0:
+        raise ValueError(f"cu_seqlens must start at 0, got {offsets[0]}")
+    if offsets[-1] != seq_len:
+        raise ValueError(f"cu_seqlens must end at T={seq_len}, got {offsets[-1]}")
+    if any(b < a for a, b in zip(offsets[:-1], offsets[1:])):
+        raise ValueError(f"cu_seqlens must be non-decreasing, got {offsets}")
+    return offsets
 
 
 def check_delta_rule_inputs(
@@ -58,17 +89,17 @@ def check_delta_rule_inputs(
         ("beta", beta, 3, "[B, T, H]"),
     ):
         if t.dim() != rank:
-            raise ValueError(f"{name} must have shape {layout} ({rank} dims), got {_shape_str(t)}")
+            raise ValueError(f"{name} must have shape {layout} ({rank} dims), got {shape_str(t)}")
     B, T, H, K = q.shape
     V = v.shape[-1]
     if k.shape != q.shape:
-        raise ValueError(f"k must have the shape of q {_shape_str(q)} = [B, T, H, K], got {_shape_str(k)}")
+        raise ValueError(f"k must have the shape of q {shape_str(q)} = [B, T, H, K], got {shape_str(k)}")
     if v.shape[:3] != (B, T, H):
-        raise ValueError(f"v must have shape [B, T, H, V] = [{B}, {T}, {H}, V], got {_shape_str(v)}")
+        raise ValueError(f"v must have shape [B, T, H, V] = [{B}, {T}, {H}, V], got {shape_str(v)}")
     if beta.shape != (B, T, H):
-        raise ValueError(f"beta must have shape [B, T, H] = [{B}, {T}, {H}], got {_shape_str(beta)}")
+        raise ValueError(f"beta must have shape [B, T, H] = [{B}, {T}, {H}], got {shape_str(beta)}")
     if T == 0 or B == 0 or H == 0:
-        raise ValueError(f"q must have non-empty B, T and H, got {_shape_str(q)}")
+        raise ValueError(f"q must have non-empty B, T and H, got {shape_str(q)}")
     if not 1 <= K <= MAX_HEAD_DIM:
         raise ValueError(f"q and k head dim K must be in [1, {MAX_HEAD_DIM}], got {K}")
     if not 1 <= V <= MAX_HEAD_DIM:
@@ -80,26 +111,7 @@ def check_delta_rule_inputs(
 
     num_sequences = B
     if cu_seqlens is not None:
-        if not isinstance(cu_seqlens, torch.Tensor):
-            raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
-        if cu_seqlens.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
-        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-            raise ValueError(f"cu_seqlens must have shape [N + 1] with N >= 1, got {_shape_str(cu_seqlens)}")
-        if cu_seqlens.device != device:
-            raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but q is on {device}")
-        if B != 1:
-            raise ValueError(
-                f"with cu_seqlens the batch size B must be 1 (sequences packed along T), got B={B}"
-            )
-        offsets = host_offsets(cu_seqlens)
-        if offsets[0] != 0:
-            raise ValueError(f"cu_seqlens must start at 0, got {offsets[0]}")
-        if offsets[-1] != T:
-            raise ValueError(f"cu_seqlens must end at T={T}, got {offsets[-1]}")
-        if any(b < a for a, b in zip(offsets[:-1], offsets[1:])):
-            raise ValueError(f"cu_seqlens must be non-decreasing, got {offsets}")
-        num_sequences = len(offsets) - 1
+        num_sequences = len(check_cu_seqlens(cu_seqlens, B, T, device, "q")) - 1
 
     if initial_state is not None:
         if not isinstance(initial_state, torch.Tensor):
@@ -110,7 +122,7 @@ def check_delta_rule_inputs(
         if initial_state.shape != expected:
             raise ValueError(
                 f"initial_state must have shape [N, H, K, V] = [{num_sequences}, {H}, {K}, {V}], "
-                f"got {_shape_str(initial_state)}"
+                f"got {shape_str(initial_state)}"
             )
         if initial_state.device != device:
             raise ValueError(f"initial_state is on {initial_state.device} but q is on {device}")
