@@ -35,11 +35,11 @@ def cross_entropy(
     if backend == "triton":
         if logits.dtype == torch.float64:
             raise TypeError("backend='triton' takes float32, bfloat16 or float16 logits, got float64")
-        from deltanet.ops.triton.cross_entropy import cross_entropy_fwd
+        from deltanet.ops.triton.cross_entropy import cross_entropy_rows
 
         if logits.stride(-1) != 1:
             logits = logits.contiguous()
-        row_losses, _ = cross_entropy_fwd(logits, targets.contiguous(), ignore_index)
+        row_losses, _ = cross_entropy_rows(logits, targets.contiguous(), ignore_index)
         return row_losses.sum() / (targets != ignore_index).sum()
     compute_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     return F.cross_entropy(logits.to(compute_dtype), targets, ignore_index=ignore_index)

@@ -26,7 +26,7 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor, backend: str | None = None) -> 
     if backend == "triton":
         if up.dtype == torch.float64:
             raise TypeError("backend='triton' takes float32, bfloat16 or float16 gate and up, got float64")
-        from deltanet.ops.triton.swiglu import swiglu_fwd
+        from deltanet.ops.triton.swiglu import swiglu as swiglu_triton
 
-        return swiglu_fwd(gate.contiguous(), up.contiguous())
+        return swiglu_triton(gate.contiguous(), up.contiguous())
     return F.silu(gate) * up

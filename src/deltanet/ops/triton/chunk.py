@@ -17,7 +17,7 @@ import torch
 from deltanet.ops.backends import check_triton_dtype
 from deltanet.ops.l2norm import l2_normalize
 from deltanet.ops.triton.backward import chunk_bwd
-from deltanet.ops.triton.common import LAUNCH, chunk_tables
+from deltanet.ops.triton.common import LAUNCH, chunk_tables, eager_autograd
 from deltanet.ops.triton.output import output_fwd
 from deltanet.ops.triton.segments import segment_chunks_for, segmented_state_bwd, segmented_state_fwd
 from deltanet.ops.triton.state import fuse_output_in_state_pass, state_bwd, state_fwd
@@ -161,6 +161,7 @@ def _backward(ctx, do, dht):
 
 
 chunk_delta_rule_fwd.register_autograd(_backward, setup_context=_setup_context)
+chunk_delta_rule_op = eager_autograd(chunk_delta_rule_fwd, _setup_context, _backward)
 
 
 def chunk_delta_rule_triton(
@@ -191,7 +192,7 @@ def chunk_delta_rule_triton(
         dot_precision = "tf32"
     else:
         dot_precision = "tf32_round" if allow_tf32 else "tf32x3"
-    o, final_state = chunk_delta_rule_fwd(
+    o, final_state = chunk_delta_rule_op(
         q, k, v, beta, float(scale), initial_state, bool(output_final_state), cu_seqlens, chunk_size,
         dot_precision,
     )

@@ -157,3 +157,33 @@ def multiprocessor_count(device: torch.device) -> int:
 def block_dim(d: int) -> int:
     """Tile width for a head dim: a power of two, at least 16 (the smallest tl.dot size)."""
     return max(16, triton.next_power_of_2(d))
+
+
+def eager_autograd(op, setup_context, backward):
+    """A custom op's autograd formula as a plain torch.autograd.Function in eager mode.
+
+    op: a torch.library.custom_op; setup_context, backward: the functions given to its register_autograd.
+    Returns a function with op's signature. Under torch.compile it calls op itself (one node in the graph,
+    no break); in eager mode it runs op inside an autograd.Function, which skips the custom op's own autograd
+    layer: a profile of the 340M model's eager step on an H100 machine (2026-11-27) put ~0.2 ms of host time
+    per call in that layer's backward wrapper alone, about 50 ms per step, while eager training was bound by
+    the host.
+    """
+
+    class EagerFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *args):
+            output = op(*args)  # grad mode is off inside forward: the op's autograd layer is skipped
+            setup_context(ctx, args, output)
+            return output
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return backward(ctx, *grads)
+
+    def call(*args):
+        if torch.compiler.is_compiling():
+            return op(*args)
+        return EagerFunction.apply(*args)
+
+    return call

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from deltanet.ops.triton.common import eager_autograd
+
 BLOCK_VOCAB = 4096
 
 
@@ -117,3 +119,4 @@ def _backward(ctx, dloss, _dlse):
 
 
 cross_entropy_fwd.register_autograd(_backward, setup_context=_setup_context)
+cross_entropy_rows = eager_autograd(cross_entropy_fwd, _setup_context, _backward)

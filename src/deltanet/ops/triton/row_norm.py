@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deltanet.ops.triton.common import multiprocessor_count
+from deltanet.ops.triton.common import eager_autograd, multiprocessor_count
 
 # Elements of x per program tile: enough rows to fill 4 warps for narrow rows (head norms, D = 128).
 TILE_ELEMENTS = 4096
@@ -173,6 +173,7 @@ def _backward(ctx, dy, _drstd):
 
 
 row_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
+row_norm = eager_autograd(row_norm_fwd, _setup_context, _backward)
 
 
 def row_norm_triton(
@@ -187,5 +188,5 @@ def row_norm_triton(
     x2 = x.reshape(-1, shape[-1]).contiguous()
     weight = None if weight is None else weight.contiguous()  # the kernels read it with stride 1
     gate2 = None if gate is None else gate.reshape(-1, shape[-1]).contiguous()
-    y, _ = row_norm_fwd(x2, weight, gate2, inv_n, eps, out_dtype)
+    y, _ = row_norm(x2, weight, gate2, inv_n, eps, out_dtype)
     return y.view(shape)

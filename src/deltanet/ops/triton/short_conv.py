@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from deltanet.ops.triton.common import eager_autograd
+
 MAX_WIDTH = 8  # W is unrolled (tl.static_range); the public op accepts 1 <= W <= MAX_WIDTH
 # Tiles: untimed on a GPU so far (a memory-bound op; these keep ~4 float32 tiles per thread in registers
 # in the backward). Capped by the next power of two of T and C so small inputs do not run empty lanes.
@@ -229,6 +231,7 @@ def _backward(ctx, dy):
 
 
 causal_conv1d_fwd.register_autograd(_backward, setup_context=_setup_context)
+causal_conv1d = eager_autograd(causal_conv1d_fwd, _setup_context, _backward)
 
 
 def causal_conv1d_triton(x: torch.Tensor, weight: torch.Tensor, doc_position: torch.Tensor | None,
@@ -239,4 +242,4 @@ def causal_conv1d_triton(x: torch.Tensor, weight: torch.Tensor, doc_position: to
                         "use backend='torch' for float64")
     # The weight in float32 (autograd casts its gradient back to the weight's dtype).
     weight = weight.to(torch.float32).contiguous()
-    return causal_conv1d_fwd(x.contiguous(), weight, doc_position, activation == "silu")
+    return causal_conv1d(x.contiguous(), weight, doc_position, activation == "silu")

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from deltanet.ops.triton.common import eager_autograd
+
 BLOCK = 2048
 
 
@@ -75,3 +77,4 @@ def _backward(ctx, dh):
 
 
 swiglu_fwd.register_autograd(_backward, setup_context=_setup_context)
+swiglu = eager_autograd(swiglu_fwd, _setup_context, _backward)
