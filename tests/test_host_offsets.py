@@ -29,10 +29,10 @@ def test_host_offsets_reads_once_per_tensor_and_again_after_a_write():
 
 
 def test_host_offsets_never_returns_a_dead_tensors_values():
-    seen = set()
-    for n in range(50):  # ids get recycled as tensors die; each new tensor must give its own values
+    # ids get recycled as tensors die (a memo keyed by id alone fails this loop a few times in 50); each new
+    # tensor must give its own values.
+    for n in range(50):
         cu = torch.tensor([0, n, 100])
-        seen.add(id(cu))
         assert host_offsets(cu) == (0, n, 100)
         del cu
 
