@@ -1,4 +1,5 @@
-"""GPU check of the model-level kernels (RMSNorm, gated RMSNorm, L2 norm, short conv, SwiGLU, cross-entropy)
+"""GPU check of the model-level kernels (RMSNorm, gated RMSNorm, L2 norm, short conv, q/k/v features, SwiGLU,
+cross-entropy)
 at a 340M model's sizes: the Triton path's error against float64, beside the PyTorch path's in the same dtype
 (the Triton path must be no worse than 2x the PyTorch path, flash-attention's rule), and both paths' times.
 
@@ -12,7 +13,7 @@ import sys
 import torch
 from triton.testing import do_bench
 
-from deltanet.ops import causal_conv1d, cross_entropy, l2_normalize, rms_norm, swiglu
+from deltanet.ops import causal_conv1d, cross_entropy, l2_normalize, qkv_features, rms_norm, swiglu
 
 
 def rel(a, e):
@@ -39,6 +40,9 @@ def cases(dtype):
         "l2_normalize heads": (lambda x, b: l2_normalize(x, backend=b), [randn(tokens, heads, head_dim)]),
         "conv+silu 8x2048x3072": (lambda x, w, b: causal_conv1d(x, w, activation="silu", backend=b),
                                   [randn(8, 2048, 3 * inner), conv_w]),
+        # q, k, v stacked into one output so that the harness below sees one tensor (the stack is timed too)
+        "qkv_features 8x2048x3072": (lambda x, w, b: torch.stack(qkv_features(x, w, heads, backend=b)),
+                                     [randn(8, 2048, 3 * inner), conv_w]),
         "swiglu 16384x2816": (lambda a, c, b: swiglu(a, c, backend=b),
                               [randn(tokens, mlp), randn(tokens, mlp)]),
         "cross_entropy 16384x32000": (lambda x, b: cross_entropy(x, targets, backend=b),

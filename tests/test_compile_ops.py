@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deltanet.ops import causal_conv1d, chunk_delta_rule, cross_entropy, rms_norm, swiglu
+from deltanet.ops import causal_conv1d, chunk_delta_rule, cross_entropy, qkv_features, rms_norm, swiglu
 
 pytest.importorskip("triton")
 
@@ -17,8 +17,9 @@ def small_model(x, weight, gate, targets, beta):
         y = rms_norm(x, weight, gate=gate, out_dtype=torch.float32, backend="triton")
     taps = torch.linspace(-1, 1, 4 * y.shape[-1]).view(-1, 4)
     y = causal_conv1d(y, taps, activation="silu", backend="triton")
-    q = y.view(2, 8, 2, 16)
-    o, _ = chunk_delta_rule(q, q * 0.5, q, beta, backend="triton", use_qk_l2norm=True, chunk_size=16)
+    q, k, v = qkv_features(torch.cat([y, 0.5 * y, y.flip(-1)], dim=-1), torch.cat([taps, taps, taps]), 2,
+                           backend="triton")
+    o, _ = chunk_delta_rule(q, k, v, beta, backend="triton", use_qk_l2norm=True, chunk_size=16)
     h = swiglu(o.reshape(2, 8, 32), y * 2, backend="triton")
     return cross_entropy(h.reshape(-1, h.shape[-1]), targets, backend="triton")
 

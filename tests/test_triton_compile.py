@@ -36,6 +36,7 @@ def kernels() -> dict:
     from deltanet.ops.triton.backward import bwd_direct_kernel, bwd_through_wy_kernel
     from deltanet.ops.triton.cross_entropy import cross_entropy_bwd_kernel, cross_entropy_fwd_kernel
     from deltanet.ops.triton.output import output_kernel
+    from deltanet.ops.triton.qkv_features import qkv_features_dz_kernel, qkv_features_fwd_kernel
     from deltanet.ops.triton.recurrent import recurrent_fwd_kernel
     from deltanet.ops.triton.row_norm import row_norm_bwd_kernel, row_norm_fwd_kernel
     from deltanet.ops.triton.short_conv import (
@@ -173,6 +174,18 @@ def kernels() -> dict:
             ["dz", "weight", "doc_position", "dx"],
             ["T", "C"],
             {"W": 4, "BLOCK_T": 32, "BLOCK_C": 128, "IS_VARLEN": True},
+        ),
+        "qkv_features_fwd": (
+            qkv_features_fwd_kernel,
+            ["x", "weight", "doc_position", "q", "k", "v"],
+            ["T", "H", "D", "eps"],
+            {"W": 4, "BLOCK_T": 32, "BLOCK_D": 128, "IS_VARLEN": True, "NORMALIZE_QK": True},
+        ),
+        "qkv_features_dz": (
+            qkv_features_dz_kernel,
+            ["x", "weight", "doc_position", "dq", "dk", "dv", "dz", "dweight_partial"],
+            ["T", "H", "D", "eps"],
+            {"W": 4, "BLOCK_T": 32, "BLOCK_D": 128, "IS_VARLEN": True, "NORMALIZE_QK": True},
         ),
         "row_norm_fwd": (
             row_norm_fwd_kernel,

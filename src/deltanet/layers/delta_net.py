@@ -62,7 +62,7 @@ class DeltaNet(LinearRecurrentMixer):
                 q, k, v, beta,
                 initial_state=initial_state,
                 output_final_state=output_final_state,
-                use_qk_l2norm=True,
+                use_qk_l2norm=False,  # the frame normalised q and k
             )  # fmt: skip
         return chunk_delta_rule(
             q, k, v, beta,
@@ -71,6 +71,6 @@ class DeltaNet(LinearRecurrentMixer):
             cu_seqlens=info.cu_seqlens,
             chunk_size=self.chunk_size,
             backend=self.backend,
-            use_qk_l2norm=True,
+            use_qk_l2norm=False,  # the frame normalised q and k
             allow_tf32=self.allow_tf32,
         )  # fmt: skip

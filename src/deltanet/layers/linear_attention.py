@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 
 from deltanet.layers.recurrent_mixer import LinearRecurrentMixer
-from deltanet.ops import l2_normalize
 
 
 def chunk_linear_attention(
@@ -71,7 +70,6 @@ class LinearAttention(LinearRecurrentMixer):
         self.chunk_size = chunk_size
 
     def recurrence(self, q, k, v, hidden_states, info, initial_state, output_final_state):
-        q, k = l2_normalize(q), l2_normalize(k)
         if info.token_mask is not None:
             k = k * info.token_mask[..., None, None].to(k.dtype)  # a zero key writes nothing at padding
         if info.is_packed:

@@ -2,8 +2,8 @@
 
     x -> q, k, v = W_q x, W_k x, W_v x           (no bias)
       -> causal depthwise short conv on each      (optional, width conv_size)
-      -> SiLU, split into H heads of size D
-      -> recurrence over time (subclass)          (q and k L2-normalised there)
+      -> SiLU, split into H heads of size D, L2 norm of each q and k head
+      -> recurrence over time (subclass)
       -> per-head RMSNorm, or RMSNorm(o) * silu(W_g x) with the output gate
       -> W_o
 
@@ -23,6 +23,7 @@ from deltanet.layers.conv import ShortConvolution
 from deltanet.layers.mixer import TokenMixer
 from deltanet.layers.norm import GatedRMSNorm, RMSNorm
 from deltanet.layers.sequence_info import SequenceInfo
+from deltanet.ops import l2_normalize, qkv_features
 
 
 class LinearRecurrentMixer(TokenMixer):
@@ -71,23 +72,34 @@ class LinearRecurrentMixer(TokenMixer):
 
     def features(
         self, hidden_states: torch.Tensor, info: SequenceInfo, entry: RecurrentCacheEntry | None
-    ) -> list[torch.Tensor]:
-        """q, k, v [B, T, H, D] after projection, short conv and SiLU (the conv applies it, fused); q and k
-        not yet L2-normalised."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v [B, T, H, D] after projection, short conv and SiLU, with q and k L2-normalised per head.
+
+        The three projections run as one matmul against their concatenated weights. Without a cache entry
+        (training, scoring) the conv, SiLU and norms run as one fused op (`qkv_features`); with one, each
+        projection goes through its ShortConvolution, which carries its conv state.
+        """
         batch, seq_len, _ = hidden_states.shape
+        weight = torch.cat([getattr(self, f"{name}_proj").weight for name in self.projection_names])
+        qkv = F.linear(hidden_states, weight)  # [B, T, 3 H D]
+        if self.use_short_conv and entry is None:
+            if info.token_mask is not None:
+                qkv = qkv * info.token_mask[..., None].to(qkv.dtype)  # padding reads as zero input
+            convs = [getattr(self, f"{name}_conv") for name in self.projection_names]
+            conv_weight = torch.cat([conv.weight[:, 0] for conv in convs])  # [3 H D, W]
+            return qkv_features(qkv, conv_weight, self.num_heads, cu_seqlens=info.cu_seqlens)
         outputs = []
-        for name in self.projection_names:
-            x = getattr(self, f"{name}_proj")(hidden_states)  # [B, T, H * D]
+        for name, x in zip(self.projection_names, qkv.chunk(3, dim=-1)):
             if self.use_short_conv:
                 conv: ShortConvolution = getattr(self, f"{name}_conv")
-                state = None if entry is None else entry.get(f"conv_{name}")
-                x, new_state = conv(x, info, state=state, return_state=entry is not None)
-                if entry is not None:
-                    entry.set(f"conv_{name}", new_state)
+                state = entry.get(f"conv_{name}")
+                x, new_state = conv(x, info, state=state, return_state=True)
+                entry.set(f"conv_{name}", new_state)
             else:
                 x = F.silu(x)
-            outputs.append(x.view(batch, seq_len, self.num_heads, self.head_dim))
-        return outputs
+            outputs.append(x.reshape(batch, seq_len, self.num_heads, self.head_dim))
+        q, k, v = outputs
+        return l2_normalize(q), l2_normalize(k), v
 
     def recurrence(
         self,
@@ -99,7 +111,8 @@ class LinearRecurrentMixer(TokenMixer):
         initial_state: torch.Tensor | None,
         output_final_state: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """q, k, v [B, T, H, D] -> o [B, T, H, D] in v's dtype, and the final state [B, H, D, D] or None."""
+        """q, k (L2-normalised), v [B, T, H, D] -> o [B, T, H, D] in v's dtype, and the final state
+        [B, H, D, D] or None."""
         raise NotImplementedError
 
     def forward(

@@ -21,33 +21,34 @@ ACTIVATIONS = (None, "silu")
 
 
 def check_short_conv_inputs(
-    x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, activation: str | None
+    x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None, activation: str | None,
+    x_name: str = "x",
 ) -> None:
     """Validate the arguments of `causal_conv1d`; errors name the argument and the expected shape or value.
 
-    Reads cu_seqlens on the host (one sync) to check its values.
+    x_name: the input's name in the caller's signature. Reads cu_seqlens on the host (one sync) to check it.
     """
-    for name, t in (("x", x), ("weight", weight)):
+    for name, t in ((x_name, x), ("weight", weight)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name} must be float64, float32, bfloat16 or float16, got {t.dtype}")
     if x.dim() != 3:
-        raise ValueError(f"x must have shape [B, T, C] (3 dims), got {shape_str(x)}")
+        raise ValueError(f"{x_name} must have shape [B, T, C] (3 dims), got {shape_str(x)}")
     B, T, C = x.shape
     if B == 0 or T == 0 or C == 0:
-        raise ValueError(f"x must have non-empty B, T and C, got {shape_str(x)}")
+        raise ValueError(f"{x_name} must have non-empty B, T and C, got {shape_str(x)}")
     if weight.dim() != 2 or weight.shape[0] != C:
         raise ValueError(f"weight must have shape [C, W] = [{C}, W], got {shape_str(weight)}"
                          + (" (squeeze the F.conv1d layout [C, 1, W])" if weight.dim() == 3 else ""))
     if not 1 <= weight.shape[1] <= MAX_WIDTH:
         raise ValueError(f"weight width W must be in [1, {MAX_WIDTH}], got weight {shape_str(weight)}")
     if weight.device != x.device:
-        raise ValueError(f"weight is on {weight.device} but x is on {x.device}")
+        raise ValueError(f"weight is on {weight.device} but {x_name} is on {x.device}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be None or 'silu', got {activation!r}")
     if cu_seqlens is not None:
-        check_cu_seqlens(cu_seqlens, B, T, x.device, "x")
+        check_cu_seqlens(cu_seqlens, B, T, x.device, x_name)
 
 
 def document_positions(cu_seqlens: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -65,12 +66,13 @@ def document_positions(cu_seqlens: torch.Tensor, seq_len: int) -> torch.Tensor:
 
 
 def causal_conv1d_torch(
-    x: torch.Tensor, weight: torch.Tensor, doc_position: torch.Tensor | None, activation: str | None
+    x: torch.Tensor, weight: torch.Tensor, doc_position: torch.Tensor | None, activation: str | None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """The short conv as a sum of W shifted products; autograd gives the backward.
 
     x [B, T, C], weight [C, W], doc_position int32 [T] (packed documents, B = 1) or None. Computes in
-    float32 (float64 for float64 x) and returns y [B, T, C] in x's dtype.
+    float32 (float64 for float64 x) and returns y [B, T, C] in out_dtype (default: x's dtype).
     """
     compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     xf, wf = x.to(compute_dtype).contiguous(), weight.to(compute_dtype)  # contiguous: so is y
@@ -84,7 +86,7 @@ def causal_conv1d_torch(
         z = z + shifted * wf[:, W - 1 - i]
     if activation == "silu":
         z = F.silu(z)
-    return z.to(x.dtype)
+    return z.to(x.dtype if out_dtype is None else out_dtype)
 
 
 def causal_conv1d(

@@ -1,0 +1,230 @@
+"""DeltaNet's q, k, v features in one pass: the short conv with SiLU over the fused q|k|v projection, then the
+L2 norm of each q and k head (see deltanet.ops.qkv_features for the definition).
+
+One program per tile of BLOCK_T tokens x one head (D channels) of one batch row; program axis 1 runs over
+the 3H heads of q|k|v, so a program's tile is a whole head and the L2 norm is a row sum inside the tile.
+The three outputs are separate contiguous [B, T, H, D] tensors (the delta-rule op reads them as they are);
+a program picks its output by a branch on which third of the channels it covers.
+
+Backward, with g the gradient of a normalised head y * r (r = (|y|^2 + eps)^-1/2):
+    dy = r (g - yhat (yhat . g)),   yhat = y r,   then dz = dy * silu'(z) as in the plain conv.
+The first launch recomputes z, y and r from x, writes dz (float32) over all 3HD channels and this tile's
+partial sums of dw; the second is the plain conv's dx launch over those channels (ops/triton/short_conv.py).
+
+This replaces, per DeltaNet layer, three conv launches forward and six backward plus two L2-norm launches
+each way (a profile of the 340M model's compiled step on an H100, 2026-11-27: those launches took ~19 ms of a
+117 ms step, and their Python launch overhead left the step bound by the host).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from deltanet.ops.triton.common import cdiv, eager_autograd, next_power_of_2
+from deltanet.ops.triton.short_conv import conv_tile, short_conv_dx_kernel
+
+# Tokens per program; a program covers one head (BLOCK_D = next power of two of D channels). From
+# benchmarks/sweep_qkv_features.py on an H100 (2026-11-27, [8, 2048, 3 x 8 x 128] bf16): forward 88 us at
+# 32 tokens / 4 warps (2.3 TB/s; 91-115 us for the other tile sizes); backward 417 us at 16 tokens / 2 warps
+# against 509 us at 32 / 4 (0.46-1.5 ms elsewhere).
+LAUNCH = {
+    "fwd": {"block_t": 32, "num_warps": 4},
+    "bwd": {"block_t": 16, "num_warps": 2},
+    "dx": {"block_t": 64, "block_c": 128, "num_warps": 4},
+}
+
+
+@triton.jit
+def head_output_offsets(i_b, offs_t, i_head, offs_d, T, H, D):
+    """Element offsets of a [BLOCK_T, BLOCK_D] tile of head i_head (in [0, H)) in a [B, T, H, D] tensor."""
+    row = (i_b.to(tl.int64) * T + offs_t.to(tl.int64)) * H + i_head
+    return row[:, None] * D + offs_d[None, :]
+
+
+@triton.jit
+def qkv_features_fwd_kernel(
+    x, weight, doc_position, q, k, v,
+    T, H, D, eps,
+    W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    IS_VARLEN: tl.constexpr, NORMALIZE_QK: tl.constexpr,
+):
+    i_t, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    which = i_h // H  # 0: q, 1: k, 2: v
+    C = 3 * H * D
+    offs_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_c = i_h * D + offs_d
+    mask_t, mask_d = offs_t < T, offs_d < D
+    if IS_VARLEN:
+        pos = tl.load(doc_position + offs_t, mask=mask_t, other=0)
+    else:
+        pos = offs_t
+    base = i_b.to(tl.int64) * T * C
+    z = conv_tile(x + base, weight, offs_t, pos, mask_t, offs_c, mask_d, C, W, BLOCK_T, BLOCK_D)
+    y = z * tl.sigmoid(z)  # 0 in masked lanes (z = 0 there), so the row sums below are exact
+    if NORMALIZE_QK:
+        if which < 2:
+            y = y * tl.rsqrt(tl.sum(y * y, axis=1) + eps)[:, None]
+    offsets = head_output_offsets(i_b, offs_t, i_h % H, offs_d, T, H, D)
+    mask = mask_t[:, None] & mask_d[None, :]
+    if which == 0:
+        tl.store(q + offsets, y.to(q.dtype.element_ty), mask=mask)
+    elif which == 1:
+        tl.store(k + offsets, y.to(k.dtype.element_ty), mask=mask)
+    else:
+        tl.store(v + offsets, y.to(v.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def qkv_features_dz_kernel(
+    x, weight, doc_position, dq, dk, dv, dz, dweight_partial,
+    T, H, D, eps,
+    W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    IS_VARLEN: tl.constexpr, NORMALIZE_QK: tl.constexpr,
+):
+    """dz [B, T, 3HD] float32 (through the L2 norm and SiLU) and this tile's partial sums of dw [D, W]."""
+    i_t, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    which = i_h // H
+    C = 3 * H * D
+    offs_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_c = i_h * D + offs_d
+    mask_t, mask_d = offs_t < T, offs_d < D
+    mask = mask_t[:, None] & mask_d[None, :]
+    if IS_VARLEN:
+        pos = tl.load(doc_position + offs_t, mask=mask_t, other=0)
+    else:
+        pos = offs_t
+    out_offsets = head_output_offsets(i_b, offs_t, i_h % H, offs_d, T, H, D)
+    if which == 0:
+        g = tl.load(dq + out_offsets, mask=mask, other=0.0).to(tl.float32)
+    elif which == 1:
+        g = tl.load(dk + out_offsets, mask=mask, other=0.0).to(tl.float32)
+    else:
+        g = tl.load(dv + out_offsets, mask=mask, other=0.0).to(tl.float32)
+    base = i_b.to(tl.int64) * T * C
+    z = conv_tile(x + base, weight, offs_t, pos, mask_t, offs_c, mask_d, C, W, BLOCK_T, BLOCK_D)
+    sig = tl.sigmoid(z)
+    if NORMALIZE_QK:
+        if which < 2:
+            y = z * sig
+            r = tl.rsqrt(tl.sum(y * y, axis=1) + eps)
+            y_hat = y * r[:, None]
+            g = r[:, None] * (g - y_hat * tl.sum(y_hat * g, axis=1)[:, None])
+    b_dz = g * sig * (1 + z * (1 - sig))
+    offsets = offs_t.to(tl.int64)[:, None] * C + offs_c[None, :]
+    tl.store(dz + base + offsets, b_dz, mask=mask)
+    # dw partial sums at row (i_b * cdiv(T, BLOCK_T) + i_t) of the buffer; the taps reload x (cache hits).
+    p_dw = dweight_partial + (i_b.to(tl.int64) * tl.cdiv(T, BLOCK_T) + i_t) * C * W + offs_c * W
+    for i in tl.static_range(W):
+        tap = mask_t & (pos >= i)  # x_{t - i} before the (document) start counts as zero
+        tap_offsets = (offs_t - i).to(tl.int64)[:, None] * C + offs_c[None, :]
+        x_i = tl.load(x + base + tap_offsets, mask=tap[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+        tl.store(p_dw + (W - 1 - i), tl.sum(b_dz * x_i, axis=0), mask=mask_d)
+
+
+def qkv_features_fwd_launch(x, weight, doc_position, num_heads: int, normalize_qk: bool, eps: float):
+    """x [B, T, 3HD] and weight [3HD, W] float32, both contiguous -> q, k, v [B, T, H, D] in x's dtype."""
+    B, T, C = x.shape
+    H, W = num_heads, weight.shape[1]
+    D = C // (3 * H)
+    q, k, v = (x.new_empty(B, T, H, D) for _ in range(3))
+    block_t = min(LAUNCH["fwd"]["block_t"], max(16, next_power_of_2(T)))
+    grid = (cdiv(T, block_t), 3 * H, B)
+    qkv_features_fwd_kernel[grid](
+        x, weight, doc_position, q, k, v, T, H, D, eps, W, block_t, max(16, next_power_of_2(D)),
+        IS_VARLEN=doc_position is not None, NORMALIZE_QK=normalize_qk, num_warps=LAUNCH["fwd"]["num_warps"],
+    )
+    return q, k, v
+
+
+def qkv_features_bwd_launch(x, weight, doc_position, num_heads: int, normalize_qk: bool, eps: float,
+                            dq, dk, dv):
+    """The forward's arguments and contiguous dq, dk, dv [B, T, H, D] -> dx like x, dweight [3HD, W]
+    float32."""
+    B, T, C = x.shape
+    H, W = num_heads, weight.shape[1]
+    D = C // (3 * H)
+    block_t = min(LAUNCH["bwd"]["block_t"], max(16, next_power_of_2(T)))
+    num_t_blocks = cdiv(T, block_t)
+    dz = torch.empty(B, T, C, device=x.device, dtype=torch.float32)  # float32: one rounding less in dx
+    dweight_partial = x.new_empty(B * num_t_blocks, C, W, dtype=torch.float32)  # every entry is written
+    qkv_features_dz_kernel[(num_t_blocks, 3 * H, B)](
+        x, weight, doc_position, dq, dk, dv, dz, dweight_partial, T, H, D, eps,
+        W, block_t, max(16, next_power_of_2(D)),
+        IS_VARLEN=doc_position is not None, NORMALIZE_QK=normalize_qk, num_warps=LAUNCH["bwd"]["num_warps"],
+    )
+    dx = torch.empty_like(x)
+    launch = LAUNCH["dx"]
+    block_t = min(launch["block_t"], max(16, next_power_of_2(T)))
+    block_c = min(launch["block_c"], max(16, next_power_of_2(C)))
+    short_conv_dx_kernel[(cdiv(T, block_t), cdiv(C, block_c), B)](
+        dz, weight, doc_position, dx, T, C, W, block_t, block_c,
+        IS_VARLEN=doc_position is not None, num_warps=launch["num_warps"],
+    )
+    return dx, dweight_partial.sum(0)
+
+
+# Custom ops (a fake implementation for shapes, an autograd formula): no graph break under torch.compile.
+# The forward saves x, not the outputs: z, y and the norms are recomputed in the backward.
+
+
+@torch.library.custom_op("deltanet::qkv_features_fwd", mutates_args=())
+def qkv_features_fwd(
+    x: torch.Tensor, weight: torch.Tensor, doc_position: torch.Tensor | None, num_heads: int,
+    normalize_qk: bool, eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> q, k, v [B, T, H, D] in x's dtype."""
+    return qkv_features_fwd_launch(x, weight, doc_position, num_heads, normalize_qk, eps)
+
+
+@qkv_features_fwd.register_fake
+def _(x, weight, doc_position, num_heads, normalize_qk, eps):
+    B, T, C = x.shape
+    shape = (B, T, num_heads, C // (3 * num_heads))
+    return x.new_empty(shape), x.new_empty(shape), x.new_empty(shape)
+
+
+@torch.library.custom_op("deltanet::qkv_features_bwd", mutates_args=())
+def qkv_features_bwd(
+    x: torch.Tensor, weight: torch.Tensor, doc_position: torch.Tensor | None, num_heads: int,
+    normalize_qk: bool, eps: float, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> dx [B, T, 3HD] like x, dweight [3HD, W] float32."""
+    return qkv_features_bwd_launch(x, weight, doc_position, num_heads, normalize_qk, eps, dq, dk, dv)
+
+
+@qkv_features_bwd.register_fake
+def _(x, weight, doc_position, num_heads, normalize_qk, eps, dq, dk, dv):
+    return torch.empty_like(x), weight.new_empty(weight.shape, dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, doc_position, num_heads, normalize_qk, eps = inputs
+    ctx.save_for_backward(x, weight, doc_position)
+    ctx.num_heads, ctx.normalize_qk, ctx.eps = num_heads, normalize_qk, eps
+    ctx.output_shape = output[0].shape
+
+
+def _backward(ctx, dq, dk, dv):
+    x, weight, doc_position = ctx.saved_tensors
+    # An output that took no part in the loss has no gradient: zeros of its shape.
+    grads = [x.new_zeros(ctx.output_shape) if g is None else g.contiguous() for g in (dq, dk, dv)]
+    dx, dweight = qkv_features_bwd(x, weight, doc_position, ctx.num_heads, ctx.normalize_qk, ctx.eps, *grads)
+    return dx, dweight, None, None, None, None
+
+
+qkv_features_fwd.register_autograd(_backward, setup_context=_setup_context)
+qkv_features_autograd = eager_autograd(qkv_features_fwd, _setup_context, _backward)
+
+
+def qkv_features_triton(qkv: torch.Tensor, weight: torch.Tensor, doc_position: torch.Tensor | None,
+                        num_heads: int, normalize_qk: bool, eps: float):
+    """Validated arguments in, (q, k, v) out; see `deltanet.ops.qkv_features`."""
+    if qkv.dtype == torch.float64:
+        raise TypeError("backend='triton' takes float32, bfloat16 or float16 qkv, got float64; "
+                        "use backend='torch' for float64")
+    weight = weight.to(torch.float32).contiguous()  # autograd casts its gradient back to weight's dtype
+    return qkv_features_autograd(qkv.contiguous(), weight, doc_position, num_heads, normalize_qk, float(eps))
