@@ -31,6 +31,8 @@ def main(argv=None):
                         help="profiled steps after 2 warm-up steps (default 3)")
     parser.add_argument("--top", type=int, default=25, help="rows of the table (default 25)")
     parser.add_argument("--out", default=None, help="folder for trace.json (default: no trace)")
+    parser.add_argument("--compile", action="store_true",
+                        help="profile torch.compile(model, fullgraph=True, dynamic=False) (not with --fla)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     batch, seq_len = (int(x) for x in args.shape.split("x"))
@@ -44,6 +46,10 @@ def main(argv=None):
             model = fla_model(fla_config_like(fla_config_class, config))
         else:
             model = DeltaNetForCausalLM(config)
+    if args.compile:
+        if args.fla:
+            raise SystemExit("--compile: fla's ops disable compilation around themselves; profile it eager")
+        model = torch.compile(model, fullgraph=True, dynamic=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     ids = random_tokens(batch, seq_len, config.vocab_size, device)
 
@@ -64,7 +70,8 @@ def main(argv=None):
             torch.cuda.synchronize()
     sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     card = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"# {'fla ' if args.fla else ''}{args.preset} {args.shape}, {args.steps} steps, {card}")
+    mode = "fla " if args.fla else ("compiled " if args.compile else "")
+    print(f"# {mode}{args.preset} {args.shape}, {args.steps} steps, {card}")
     print(prof.key_averages().table(sort_by=sort_by, row_limit=args.top, max_name_column_width=60))
     if args.out:
         os.makedirs(args.out, exist_ok=True)

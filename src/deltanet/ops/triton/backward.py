@@ -30,6 +30,7 @@ import triton.language as tl
 from deltanet.ops.triton.common import (
     LAUNCH,
     block_dim,
+    cdiv,
     chunk_coordinates,
     dot,
     num_stages_for,
@@ -167,7 +168,7 @@ def chunk_bwd(q, k, v, beta, do, recomputed, scale, cu_seqlens, chunk_indices, n
                   num_stages=num_stages_for(q.dtype))
     direct, through_wy = LAUNCH["bwd_direct"], LAUNCH["bwd_through_wy"]
     BK = min(block_dim(K), direct["block_k"])
-    bwd_direct_kernel[(triton.cdiv(K, BK), num_chunks, H)](
+    bwd_direct_kernel[(cdiv(K, BK), num_chunks, H)](
         q, k, recomputed.pop("h"), recomputed.pop("dh"), recomputed.pop("u_tilde"), recomputed["du_tilde"],
         do, dq, dk_direct, dw, cu_seqlens, chunk_indices, scale,
         seq_len, H, K, V, chunk_size, BK, min(block_dim(V), direct["block_v"]),

@@ -111,7 +111,7 @@ def chunk_tables(cu_seqlens: torch.Tensor | None, batch: int, seq_len: int, chun
     and one asynchronous upload from pinned memory.
     """
     if cu_seqlens is None:
-        return batch * triton.cdiv(seq_len, chunk_size), None, None
+        return batch * cdiv(seq_len, chunk_size), None, None
     offsets = np.asarray(host_offsets(cu_seqlens), dtype=np.int64)
     chunks = -(-np.diff(offsets) // chunk_size)
     chunk_offsets = np.concatenate([[0], np.cumsum(chunks)])
@@ -148,6 +148,17 @@ def num_stages_for(dtype: torch.dtype) -> int:
     return 1 if dtype == torch.float32 else 2
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for host code. triton.cdiv and triton.next_power_of_2 are Triton constexpr functions:
+    called from Python they cost a few microseconds each (argument unwrapping), ~10 per op call."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1), for host code; see cdiv."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
 def multiprocessor_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 132  # the interpreter: any value works
@@ -156,7 +167,7 @@ def multiprocessor_count(device: torch.device) -> int:
 
 def block_dim(d: int) -> int:
     """Tile width for a head dim: a power of two, at least 16 (the smallest tl.dot size)."""
-    return max(16, triton.next_power_of_2(d))
+    return max(16, next_power_of_2(d))
 
 
 def eager_autograd(op, setup_context, backward):

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deltanet.ops.triton.common import eager_autograd
+from deltanet.ops.triton.common import eager_autograd, next_power_of_2
 
 BLOCK_VOCAB = 4096
 
@@ -80,7 +80,7 @@ def cross_entropy_fwd(
     loss = torch.empty(N, device=logits.device, dtype=torch.float32)
     lse = torch.empty(N, device=logits.device, dtype=torch.float32)
     cross_entropy_fwd_kernel[(N,)](logits, targets, loss, lse, V, logits.stride(0), ignore_index,
-                                   BLOCK_V=min(BLOCK_VOCAB, triton.next_power_of_2(V)), num_warps=8)
+                                   BLOCK_V=min(BLOCK_VOCAB, next_power_of_2(V)), num_warps=8)
     return loss, lse
 
 
@@ -98,7 +98,7 @@ def cross_entropy_bwd(
     N, V = logits.shape
     dlogits = torch.empty(N, V, device=logits.device, dtype=logits.dtype)
     cross_entropy_bwd_kernel[(N,)](logits, targets, lse, dlogits, dloss, V, logits.stride(0), ignore_index,
-                                   BLOCK_V=min(BLOCK_VOCAB, triton.next_power_of_2(V)), num_warps=8)
+                                   BLOCK_V=min(BLOCK_VOCAB, next_power_of_2(V)), num_warps=8)
     return dlogits
 
 

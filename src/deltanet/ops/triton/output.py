@@ -12,6 +12,7 @@ import triton.language as tl
 from deltanet.ops.triton.common import (
     LAUNCH,
     block_dim,
+    cdiv,
     chunk_coordinates,
     dot,
     num_stages_for,
@@ -58,7 +59,7 @@ def output_fwd(q, k, h, u_tilde, scale, cu_seqlens, chunk_indices, num_chunks, s
     H, K, V = q.shape[2], q.shape[3], u_tilde.shape[3]
     o = u_tilde.new_empty(u_tilde.shape, dtype=out_dtype)
     BV = min(block_dim(V), LAUNCH["output"]["block_v"])
-    output_kernel[(triton.cdiv(V, BV), num_chunks, H)](
+    output_kernel[(cdiv(V, BV), num_chunks, H)](
         q, k, h, u_tilde, o, cu_seqlens, chunk_indices, scale,
         seq_len, H, K, V, chunk_size, block_dim(K), BV,
         IS_VARLEN=cu_seqlens is not None, DOT_PRECISION=dot_precision,

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deltanet.ops.triton.common import block_dim, sequence_bounds
+from deltanet.ops.triton.common import block_dim, cdiv, sequence_bounds
 
 
 @triton.jit
@@ -79,7 +79,7 @@ def recurrent_delta_rule_triton(q, k, v, beta, scale, initial_state, output_fina
     o = torch.empty_like(v)
     BK = block_dim(K)
     BV = min(block_dim(V), 64 if BK <= 128 else 32)
-    recurrent_fwd_kernel[(triton.cdiv(V, BV), N * H)](
+    recurrent_fwd_kernel[(cdiv(V, BV), N * H)](
         q, k, v, beta, o, initial_state, final_state, cu_seqlens, scale,
         T, H, K, V, BK, BV,
         HAS_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=final_state is not None,

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deltanet.ops.triton.common import eager_autograd, multiprocessor_count
+from deltanet.ops.triton.common import cdiv, eager_autograd, multiprocessor_count, next_power_of_2
 
 # Elements of x per program tile: enough rows to fill 4 warps for narrow rows (head norms, D = 128).
 TILE_ELEMENTS = 4096
@@ -95,7 +95,7 @@ def row_norm_bwd_kernel(
 
 def _tiles(D: int) -> tuple[int, int, int]:
     """(BLOCK_D, BLOCK_ROWS, num_warps) for rows of width D."""
-    block_d = triton.next_power_of_2(D)
+    block_d = next_power_of_2(D)
     block_rows = max(1, TILE_ELEMENTS // block_d)
     return block_d, block_rows, 8 if block_d >= 4096 else 4
 
@@ -112,7 +112,7 @@ def row_norm_fwd(
     block_d, block_rows, num_warps = _tiles(D)
     if N == 0:
         return y, rstd
-    row_norm_fwd_kernel[(triton.cdiv(N, block_rows),)](
+    row_norm_fwd_kernel[(cdiv(N, block_rows),)](
         x, weight, gate, y, rstd, N, D, inv_n, eps,
         HAS_WEIGHT=weight is not None, HAS_GATE=gate is not None, BLOCK_ROWS=block_rows, BLOCK_D=block_d,
         num_warps=num_warps,
@@ -139,10 +139,10 @@ def row_norm_bwd(
         dweight = torch.zeros_like(weight) if weight is not None else x.new_empty(0)
         return dx, dweight, dgate
     block_d, block_rows, num_warps = _tiles(D)
-    row_blocks = triton.cdiv(N, block_rows)
+    row_blocks = cdiv(N, block_rows)
     programs = min(row_blocks, 4 * multiprocessor_count(x.device))
-    blocks_per_program = triton.cdiv(row_blocks, programs)
-    programs = triton.cdiv(row_blocks, blocks_per_program)
+    blocks_per_program = cdiv(row_blocks, programs)
+    programs = cdiv(row_blocks, blocks_per_program)
     dw_partial = x.new_empty((programs, D) if weight is not None else (0,), dtype=torch.float32)
     row_norm_bwd_kernel[(programs,)](
         x, weight, gate, dy, rstd, dx, dgate, dw_partial, N, D, inv_n, blocks_per_program,

@@ -22,10 +22,9 @@ the global chunk numbering), so the state kernels need no new indexing.
 from __future__ import annotations
 
 import torch
-import triton
 
 from deltanet.ops.host_offsets import host_offsets
-from deltanet.ops.triton.common import LAUNCH, multiprocessor_count
+from deltanet.ops.triton.common import LAUNCH, cdiv, multiprocessor_count
 from deltanet.ops.triton.state import launch_state_bwd, launch_state_fwd, state_bwd, state_fwd, value_block
 
 
@@ -49,12 +48,12 @@ class Segments:
         starts, chunk_starts, self.first, self.count = [], [], [], []
         chunks_before = 0
         for bos, eos in bounds:
-            count = max(1, triton.cdiv(eos - bos, tokens_per_segment))
+            count = max(1, cdiv(eos - bos, tokens_per_segment))
             self.first.append(len(starts))
             self.count.append(count)
             starts += [bos + g * tokens_per_segment for g in range(count)]
             chunk_starts += [chunks_before + g * segment_chunks for g in range(count)]
-            chunks_before += triton.cdiv(eos - bos, chunk_size)
+            chunks_before += cdiv(eos - bos, chunk_size)
         self.num_segments = len(starts)
         # The composition's index lists (sequences, segments) per step, forwards then backwards.
         steps = []
@@ -87,7 +86,7 @@ def segment_chunks_for(V, K, num_seqs, H, longest_chunks, device):
     if segment_chunks is None or longest_chunks <= segment_chunks:
         return None
     BV = value_block(V, K, num_seqs, H, device)
-    if num_seqs * H * triton.cdiv(V, BV) >= multiprocessor_count(device):
+    if num_seqs * H * cdiv(V, BV) >= multiprocessor_count(device):
         return None  # the card is already full: three passes would cost more than they save
     return segment_chunks
 

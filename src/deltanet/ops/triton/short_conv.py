@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deltanet.ops.triton.common import eager_autograd
+from deltanet.ops.triton.common import cdiv, eager_autograd, next_power_of_2
 
 MAX_WIDTH = 8  # W is unrolled (tl.static_range); the public op accepts 1 <= W <= MAX_WIDTH
 # Tiles: untimed on a GPU so far (a memory-bound op; these keep ~4 float32 tiles per thread in registers
@@ -146,8 +146,8 @@ def short_conv_dx_kernel(
 
 def _blocks(name: str, T: int, C: int) -> tuple[int, int, int]:
     launch = LAUNCH[name]
-    block_t = min(launch["block_t"], max(16, triton.next_power_of_2(T)))
-    block_c = min(launch["block_c"], max(16, triton.next_power_of_2(C)))
+    block_t = min(launch["block_t"], max(16, next_power_of_2(T)))
+    block_c = min(launch["block_c"], max(16, next_power_of_2(C)))
     return block_t, block_c, launch["num_warps"]
 
 
@@ -158,7 +158,7 @@ def short_conv_fwd(x: torch.Tensor, weight: torch.Tensor, doc_position: torch.Te
     W = weight.shape[1]
     y = torch.empty_like(x)
     block_t, block_c, num_warps = _blocks("fwd", T, C)
-    grid = (triton.cdiv(T, block_t), triton.cdiv(C, block_c), B)
+    grid = (cdiv(T, block_t), cdiv(C, block_c), B)
     short_conv_fwd_kernel[grid](
         x, weight, doc_position, y, T, C, W, block_t, block_c,
         IS_VARLEN=doc_position is not None, SILU=silu, num_warps=num_warps,
@@ -172,8 +172,8 @@ def short_conv_bwd(x: torch.Tensor, weight: torch.Tensor, doc_position: torch.Te
     B, T, C = x.shape
     W = weight.shape[1]
     block_t, block_c, num_warps = _blocks("bwd", T, C)
-    num_t_blocks = triton.cdiv(T, block_t)
-    grid = (num_t_blocks, triton.cdiv(C, block_c), B)
+    num_t_blocks = cdiv(T, block_t)
+    grid = (num_t_blocks, cdiv(C, block_c), B)
     dz = torch.empty(B, T, C, device=x.device, dtype=torch.float32)  # float32: one rounding less in dx
     dweight_partial = x.new_empty(B * num_t_blocks, C, W, dtype=torch.float32)  # every entry is written
     short_conv_dz_kernel[grid](

@@ -22,6 +22,7 @@ import triton.language as tl
 from deltanet.ops.triton.common import (
     LAUNCH,
     block_dim,
+    cdiv,
     dot,
     first_chunk,
     multiprocessor_count,
@@ -171,7 +172,7 @@ def value_block(V: int, K: int, num_seqs: int, H: int, device: torch.device) -> 
     # sequence, so when there are fewer programs than multiprocessors, narrower blocks make more of them.
     settings = LAUNCH["state"]
     BV = settings["block_v"]
-    if num_seqs * H * triton.cdiv(V, BV) < multiprocessor_count(device):
+    if num_seqs * H * cdiv(V, BV) < multiprocessor_count(device):
         BV = settings["block_v_small"]
     return min(block_dim(V), BV, 64 if block_dim(K) <= 128 else 32)
 
@@ -185,7 +186,7 @@ def fuse_output_in_state_pass(V: int, K: int, num_seqs: int, H: int, device: tor
     if setting != "auto":
         return bool(setting)
     BV = value_block(V, K, num_seqs, H, device)
-    return num_seqs * H * triton.cdiv(V, BV) >= multiprocessor_count(device)
+    return num_seqs * H * cdiv(V, BV) >= multiprocessor_count(device)
 
 
 def launch_state_fwd(k, w, u, V, initial_state, final_state, cu_seqlens, chunk_offsets, num_seqs, seq_len,
@@ -196,7 +197,7 @@ def launch_state_fwd(k, w, u, V, initial_state, final_state, cu_seqlens, chunk_o
     Writes whichever of final_state, h and U~ (both or neither), o (with q) are given."""
     H, K = k.shape[2], k.shape[3]
     BV = value_block(V, K, num_seqs, H, k.device)
-    state_fwd_kernel[(triton.cdiv(V, BV), num_seqs * H)](
+    state_fwd_kernel[(cdiv(V, BV), num_seqs * H)](
         q, k, w, u, h, u_tilde, o, initial_state, final_state, cu_seqlens, chunk_offsets, scale,
         seq_len, H, K, V, chunk_size, block_dim(K), BV,
         HAS_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=final_state is not None,
@@ -215,7 +216,7 @@ def launch_state_bwd(q, k, w, do, V, final_state_grad, initial_state_grad, cu_se
     Writes whichever of initial_state_grad, dh and dU~ (both or neither) are given."""
     H, K = k.shape[2], k.shape[3]
     BV = value_block(V, K, num_seqs, H, k.device)
-    state_bwd_kernel[(triton.cdiv(V, BV), num_seqs * H)](
+    state_bwd_kernel[(cdiv(V, BV), num_seqs * H)](
         q, k, w, do, dh, du_tilde, final_state_grad, initial_state_grad, cu_seqlens, chunk_offsets, scale,
         seq_len, H, K, V, chunk_size, block_dim(K), BV,
         HAS_FINAL_STATE_GRAD=final_state_grad is not None,

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deltanet.ops.triton.common import eager_autograd
+from deltanet.ops.triton.common import cdiv, eager_autograd
 
 BLOCK = 2048
 
@@ -43,7 +43,7 @@ def swiglu_fwd(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """gate, up: contiguous, same shape and dtype -> silu(gate) * up."""
     h = torch.empty_like(up)
     n = up.numel()
-    swiglu_fwd_kernel[(triton.cdiv(n, BLOCK),)](gate, up, h, n, BLOCK=BLOCK, num_warps=4)
+    swiglu_fwd_kernel[(cdiv(n, BLOCK),)](gate, up, h, n, BLOCK=BLOCK, num_warps=4)
     return h
 
 
@@ -58,7 +58,7 @@ def swiglu_bwd(gate: torch.Tensor, up: torch.Tensor, dh: torch.Tensor) -> tuple[
     dh = dh.contiguous()
     dgate, dup = torch.empty_like(gate), torch.empty_like(up)
     n = up.numel()
-    swiglu_bwd_kernel[(triton.cdiv(n, BLOCK),)](gate, up, dh, dgate, dup, n, BLOCK=BLOCK, num_warps=4)
+    swiglu_bwd_kernel[(cdiv(n, BLOCK),)](gate, up, dh, dgate, dup, n, BLOCK=BLOCK, num_warps=4)
     return dgate, dup
 
 
