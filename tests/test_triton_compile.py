@@ -36,7 +36,12 @@ def kernels() -> dict:
     from deltanet.ops.triton.backward import bwd_direct_kernel, bwd_through_wy_kernel
     from deltanet.ops.triton.cross_entropy import cross_entropy_bwd_kernel, cross_entropy_fwd_kernel
     from deltanet.ops.triton.output import output_kernel
-    from deltanet.ops.triton.qkv_features import qkv_features_dz_kernel, qkv_features_fwd_kernel
+    from deltanet.ops.triton.qkv_features import (
+        conv_dx_dw_kernel,
+        qkv_features_bwd_fused_kernel,
+        qkv_features_dz_kernel,
+        qkv_features_fwd_kernel,
+    )
     from deltanet.ops.triton.recurrent import recurrent_fwd_kernel
     from deltanet.ops.triton.row_norm import row_norm_bwd_kernel, row_norm_fwd_kernel
     from deltanet.ops.triton.short_conv import (
@@ -185,7 +190,20 @@ def kernels() -> dict:
             qkv_features_dz_kernel,
             ["x", "weight", "doc_position", "dq", "dk", "dv", "dz", "dweight_partial"],
             ["T", "H", "D", "eps"],
-            {"W": 4, "BLOCK_T": 32, "BLOCK_D": 128, "IS_VARLEN": True, "NORMALIZE_QK": True},
+            {"W": 4, "BLOCK_T": 32, "BLOCK_D": 128, "IS_VARLEN": True, "NORMALIZE_QK": True,
+             "PARTIAL_DW": True},
+        ),
+        "qkv_features_bwd_fused": (
+            qkv_features_bwd_fused_kernel,
+            ["x", "weight", "doc_position", "dq", "dk", "dv", "dx", "dweight_partial"],
+            ["T", "H", "D", "eps"],
+            {"W": 4, "BLOCK_T": 16, "BLOCK_D": 128, "IS_VARLEN": True, "NORMALIZE_QK": True},
+        ),
+        "conv_dx_dw": (
+            conv_dx_dw_kernel,
+            ["dz", "x", "weight", "doc_position", "dx", "dweight_partial"],
+            ["T", "C"],
+            {"W": 4, "BLOCK_T": 64, "BLOCK_C": 128, "IS_VARLEN": True},
         ),
         "row_norm_fwd": (
             row_norm_fwd_kernel,
