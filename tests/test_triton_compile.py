@@ -38,7 +38,6 @@ def kernels() -> dict:
     from deltanet.ops.triton.output import output_kernel
     from deltanet.ops.triton.qkv_features import (
         conv_dx_dw_kernel,
-        qkv_features_bwd_fused_kernel,
         qkv_features_dz_kernel,
         qkv_features_fwd_kernel,
     )
@@ -188,14 +187,7 @@ def kernels() -> dict:
         ),
         "qkv_features_dz": (
             qkv_features_dz_kernel,
-            ["x", "weight", "doc_position", "dq", "dk", "dv", "dz", "dweight_partial"],
-            ["T", "H", "D", "eps"],
-            {"W": 4, "BLOCK_T": 32, "BLOCK_D": 128, "IS_VARLEN": True, "NORMALIZE_QK": True,
-             "PARTIAL_DW": True},
-        ),
-        "qkv_features_bwd_fused": (
-            qkv_features_bwd_fused_kernel,
-            ["x", "weight", "doc_position", "dq", "dk", "dv", "dx", "dweight_partial"],
+            ["x", "weight", "doc_position", "dq", "dk", "dv", "dz"],
             ["T", "H", "D", "eps"],
             {"W": 4, "BLOCK_T": 16, "BLOCK_D": 128, "IS_VARLEN": True, "NORMALIZE_QK": True},
         ),

@@ -8,8 +8,9 @@ a program picks its output by a branch on which third of the channels it covers.
 
 Backward, with g the gradient of a normalised head y * r (r = (|y|^2 + eps)^-1/2):
     dy = r (g - yhat (yhat . g)),   yhat = y r,   then dz = dy * silu'(z) as in the plain conv.
-The first launch recomputes z, y and r from x, writes dz (float32) over all 3HD channels and this tile's
-partial sums of dw; the second is the plain conv's dx launch over those channels (ops/triton/short_conv.py).
+The first launch recomputes z, y and r from x and writes dz (float32) over all 3HD channels; the second sums
+the W shifted dz tiles into dx, and from the same tiles and one load of x forms this tile's partial sums of
+dw[W - 1 - i] = sum_s dz_{s + i} x_s (PyTorch adds the partials: deterministic, no atomics).
 
 This replaces, per DeltaNet layer, three conv launches forward and six backward plus two L2-norm launches
 each way (a profile of the 340M model's compiled step on an H100, 2026-11-27: those launches took ~19 ms of a
@@ -23,21 +24,18 @@ import triton
 import triton.language as tl
 
 from deltanet.ops.triton.common import cdiv, eager_autograd, next_power_of_2
-from deltanet.ops.triton.short_conv import conv_tile, short_conv_dx_kernel
+from deltanet.ops.triton.short_conv import conv_tile
 
-# Tokens per program; a program covers one head (BLOCK_D = next power of two of D channels). From
-# benchmarks/sweep_qkv_features.py on an H100 (2026-11-27, [8, 2048, 3 x 8 x 128] bf16): forward 88 us at
-# 32 tokens / 4 warps (2.3 TB/s; 91-115 us for the other tile sizes); backward 417 us at 16 tokens / 2 warps
-# against 509 us at 32 / 4 (0.46-1.5 ms elsewhere).
-# Backward variants: "dz+dw/dx" (dz and dw partial sums in one launch, dx in a second), "dz/dx+dw" (dz
-# alone, then dx and dw from the shifted dz tiles: W fewer loads of x) and "fused" (one launch, dz recomputed
-# at the W shifts, no dz buffer). Untimed on a GPU so far except "dz+dw/dx".
+# Tokens per program; a program covers one head (BLOCK_D = next power of two of D channels); dx/dw tiles
+# over all 3HD channels. From benchmarks/sweep_qkv_features.py on an H100 (2026-11-27, [8, 2048, 3 x 8 x 128]
+# bf16): forward 88 us at 32 tokens / 4 warps (2.3 TB/s; 91-415 us for the other settings); backward 389 us
+# at 16 / 4 with 64 x 128 dx tiles. Measured and dropped: dw summed in the dz launch (the plain conv's
+# layout, 419 us at best) and one fused launch recomputing dz at the W shifts (749 us at best).
 LAUNCH = {
     "fwd": {"block_t": 32, "num_warps": 4},
-    "bwd": {"block_t": 16, "num_warps": 2, "variant": "dz+dw/dx"},
+    "bwd": {"block_t": 16, "num_warps": 4},
     "dx": {"block_t": 64, "block_c": 128, "num_warps": 4},
 }
-
 
 @triton.jit
 def head_output_offsets(i_b, offs_t, i_head, offs_d, T, H, D):
@@ -110,12 +108,12 @@ def head_dz(
 
 @triton.jit
 def qkv_features_dz_kernel(
-    x, weight, doc_position, dq, dk, dv, dz, dweight_partial,
+    x, weight, doc_position, dq, dk, dv, dz,
     T, H, D, eps,
     W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-    IS_VARLEN: tl.constexpr, NORMALIZE_QK: tl.constexpr, PARTIAL_DW: tl.constexpr,
+    IS_VARLEN: tl.constexpr, NORMALIZE_QK: tl.constexpr,
 ):
-    """dz [B, T, 3HD] float32 and (PARTIAL_DW) this tile's partial sums of dw [D, W]."""
+    """dz [B, T, 3HD] float32: the output gradient through the norms and SiLU."""
     i_t, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     C = 3 * H * D
     offs_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -131,14 +129,6 @@ def qkv_features_dz_kernel(
                    T, H, D, C, eps, W, BLOCK_T, BLOCK_D, NORMALIZE_QK)
     offsets = offs_t.to(tl.int64)[:, None] * C + offs_c[None, :]
     tl.store(dz + base + offsets, b_dz, mask=mask_t[:, None] & mask_d[None, :])
-    if PARTIAL_DW:
-        # dw partial sums at row (i_b * cdiv(T, BLOCK_T) + i_t); the taps reload x (cache hits).
-        p_dw = dweight_partial + (i_b.to(tl.int64) * tl.cdiv(T, BLOCK_T) + i_t) * C * W + offs_c * W
-        for i in tl.static_range(W):
-            tap = mask_t & (pos >= i)  # x_{t - i} before the (document) start counts as zero
-            tap_offsets = (offs_t - i).to(tl.int64)[:, None] * C + offs_c[None, :]
-            x_i = tl.load(x + base + tap_offsets, mask=tap[:, None] & mask_d[None, :], other=0.0)
-            tl.store(p_dw + (W - 1 - i), tl.sum(b_dz * x_i.to(tl.float32), axis=0), mask=mask_d)
 
 
 @triton.jit
@@ -171,42 +161,6 @@ def conv_dx_dw_kernel(
     tl.store(dx + base + offsets, b_dx.to(dx.dtype.element_ty), mask=mask_t[:, None] & mask_c[None, :])
 
 
-@triton.jit
-def qkv_features_bwd_fused_kernel(
-    x, weight, doc_position, dq, dk, dv, dx, dweight_partial,
-    T, H, D, eps,
-    W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-    IS_VARLEN: tl.constexpr, NORMALIZE_QK: tl.constexpr,
-):
-    """dx and dw partial sums in one launch, without a dz buffer: dz at the W shifted token sets t + i is
-    recomputed (W conv tiles each) instead of written and read back."""
-    i_t, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    C = 3 * H * D
-    offs_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_c = i_h * D + offs_d
-    mask_t, mask_d = offs_t < T, offs_d < D
-    base = i_b.to(tl.int64) * T * C
-    offsets = offs_t.to(tl.int64)[:, None] * C + offs_c[None, :]
-    b_x = tl.load(x + base + offsets, mask=mask_t[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-    p_dw = dweight_partial + (i_b.to(tl.int64) * tl.cdiv(T, BLOCK_T) + i_t) * C * W + offs_c * W
-    b_dx = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
-    for i in tl.static_range(W):
-        rows = offs_t + i
-        in_range = mask_t & (rows < T)
-        if IS_VARLEN:
-            pos = tl.load(doc_position + rows, mask=in_range, other=0)
-        else:
-            pos = rows
-        dz_i = head_dz(x + base, weight, dq, dk, dv, i_h // H, i_b, i_h, rows, pos, in_range, offs_d, mask_d,
-                       T, H, D, C, eps, W, BLOCK_T, BLOCK_D, NORMALIZE_QK)
-        dz_i = tl.where((in_range & (pos >= i))[:, None], dz_i, 0.0)  # output t + i reads x_t: same document
-        w_i = tl.load(weight + offs_c * W + (W - 1 - i), mask=mask_d, other=0.0)
-        b_dx += dz_i * w_i[None, :]
-        tl.store(p_dw + (W - 1 - i), tl.sum(dz_i * b_x, axis=0), mask=mask_d)
-    tl.store(dx + base + offsets, b_dx.to(dx.dtype.element_ty), mask=mask_t[:, None] & mask_d[None, :])
-
-
 def qkv_features_fwd_launch(x, weight, doc_position, num_heads: int, normalize_qk: bool, eps: float):
     """x [B, T, 3HD] and weight [3HD, W] float32, both contiguous -> q, k, v [B, T, H, D] in x's dtype."""
     B, T, C = x.shape
@@ -225,43 +179,27 @@ def qkv_features_fwd_launch(x, weight, doc_position, num_heads: int, normalize_q
 def qkv_features_bwd_launch(x, weight, doc_position, num_heads: int, normalize_qk: bool, eps: float,
                             dq, dk, dv):
     """The forward's arguments and contiguous dq, dk, dv [B, T, H, D] -> dx like x, dweight [3HD, W]
-    float32. LAUNCH["bwd"]["variant"] picks the kernels (see LAUNCH)."""
+    float32."""
     B, T, C = x.shape
     H, W = num_heads, weight.shape[1]
     D = C // (3 * H)
-    block_d = max(16, next_power_of_2(D))
-    variant = LAUNCH["bwd"]["variant"]
     is_varlen = doc_position is not None
-    dx = torch.empty_like(x)
-    if variant == "fused":
-        block_t = min(LAUNCH["bwd"]["block_t"], max(16, next_power_of_2(T)))
-        dweight_partial = x.new_empty(B * cdiv(T, block_t), C, W, dtype=torch.float32)  # all written
-        qkv_features_bwd_fused_kernel[(cdiv(T, block_t), 3 * H, B)](
-            x, weight, doc_position, dq, dk, dv, dx, dweight_partial, T, H, D, eps, W, block_t, block_d,
-            IS_VARLEN=is_varlen, NORMALIZE_QK=normalize_qk, num_warps=LAUNCH["bwd"]["num_warps"],
-        )
-        return dx, dweight_partial.sum(0)
     block_t = min(LAUNCH["bwd"]["block_t"], max(16, next_power_of_2(T)))
-    dz_partial_dw = variant == "dz+dw/dx"
     dz = torch.empty(B, T, C, device=x.device, dtype=torch.float32)  # float32: one rounding less in dx
-    dz_partial = x.new_empty(B * cdiv(T, block_t), C, W, dtype=torch.float32) if dz_partial_dw else None
     qkv_features_dz_kernel[(cdiv(T, block_t), 3 * H, B)](
-        x, weight, doc_position, dq, dk, dv, dz, dz_partial, T, H, D, eps, W, block_t, block_d,
-        IS_VARLEN=is_varlen, NORMALIZE_QK=normalize_qk, PARTIAL_DW=dz_partial_dw,
-        num_warps=LAUNCH["bwd"]["num_warps"],
+        x, weight, doc_position, dq, dk, dv, dz, T, H, D, eps, W, block_t, max(16, next_power_of_2(D)),
+        IS_VARLEN=is_varlen, NORMALIZE_QK=normalize_qk, num_warps=LAUNCH["bwd"]["num_warps"],
     )
     launch = LAUNCH["dx"]
     block_t = min(launch["block_t"], max(16, next_power_of_2(T)))
     block_c = min(launch["block_c"], max(16, next_power_of_2(C)))
-    grid = (cdiv(T, block_t), cdiv(C, block_c), B)
-    if dz_partial_dw:
-        short_conv_dx_kernel[grid](dz, weight, doc_position, dx, T, C, W, block_t, block_c,
-                                   IS_VARLEN=is_varlen, num_warps=launch["num_warps"])
-        return dx, dz_partial.sum(0)
-    dx_partial = x.new_empty(B * cdiv(T, block_t), C, W, dtype=torch.float32)  # every entry is written
-    conv_dx_dw_kernel[grid](dz, x, weight, doc_position, dx, dx_partial, T, C, W, block_t, block_c,
-                            IS_VARLEN=is_varlen, num_warps=launch["num_warps"])
-    return dx, dx_partial.sum(0)
+    dx = torch.empty_like(x)
+    dweight_partial = x.new_empty(B * cdiv(T, block_t), C, W, dtype=torch.float32)  # every entry is written
+    conv_dx_dw_kernel[(cdiv(T, block_t), cdiv(C, block_c), B)](
+        dz, x, weight, doc_position, dx, dweight_partial, T, C, W, block_t, block_c,
+        IS_VARLEN=is_varlen, num_warps=launch["num_warps"],
+    )
+    return dx, dweight_partial.sum(0)
 
 
 # Custom ops (a fake implementation for shapes, an autograd formula): no graph break under torch.compile.
