@@ -31,7 +31,7 @@ def main(argv=None):
     weight = 0.5 * torch.randn(C, 4, device="cuda", generator=g)
     grads = [torch.randn(B, T, H, D, device="cuda", generator=g).to(torch.bfloat16) for _ in range(3)]
     n = B * T * C
-    moved = {"fwd": 2 * n * 2, "bwd": 2 * n * 2 + n * 4 + n * 4 + 2 * n * 2}  # bytes: x, y | x, g, dz, dz, x, dx
+    moved = {"fwd": 2 * n * 2, "bwd": 2 * n * 2 + n * 4 + n * 4 + 2 * n * 2}  # x, y | x, g, dz, dz, x, dx
     print(f"{torch.cuda.get_device_name()}: B={B} T={T} H={H} D={D} bf16, W=4")
 
     def separate():
