@@ -50,28 +50,27 @@ def main(argv=None):
     reference = kernels.qkv_features_bwd_launch(x, weight, None, H, True, 1e-6, *grads)
     default = {name: dict(settings) for name, settings in kernels.LAUNCH.items()}
     print(f"{'launch':<20} {'block_t':>7} {'warps':>5} {'us':>8} {'TB/s':>6}")
-    t_fwd = do_bench(lambda: kernels.qkv_features_fwd_launch(x, weight, None, H, True, 1e-6))
-    print(f"{'fwd (default)':<20} {default['fwd']['block_t']:>7} {default['fwd']['num_warps']:>5} "
-          f"{1e3 * t_fwd:>8.1f} {moved['fwd'] / t_fwd / 1e9:>6.2f}", flush=True)
+    for block_t, warps in itertools.product((16, 32, 64), (2, 4, 8)):
+        kernels.LAUNCH["fwd"] = {"block_t": block_t, "num_warps": warps}
+        t_fwd = do_bench(lambda: kernels.qkv_features_fwd_launch(x, weight, None, H, True, 1e-6))
+        print(f"{'fwd':<20} {block_t:>7} {warps:>5} {1e3 * t_fwd:>8.1f} {moved['fwd'] / t_fwd / 1e9:>6.2f}",
+              flush=True)
+    kernels.LAUNCH.update(default)
     best = (float("inf"), None)
-    for block_t, warps in ((16, 2), (16, 4), (32, 4)):
+    for block_t, warps in itertools.product((16, 32, 64), (2, 4, 8)):
         kernels.LAUNCH["bwd"] = {"block_t": block_t, "num_warps": warps}
         t_bwd = do_bench(lambda: kernels.qkv_features_bwd_launch(x, weight, None, H, True, 1e-6, *grads))
         dx, dw = kernels.qkv_features_bwd_launch(x, weight, None, H, True, 1e-6, *grads)
         same = torch.equal(dx, reference[0]) and torch.allclose(dw, reference[1], rtol=1e-4, atol=1e-3)
-        best = min(best, (t_bwd, ("dz", block_t, warps)))
-        print(f"{'bwd, dz tiles':<20} {block_t:>7} {warps:>5} {1e3 * t_bwd:>8.1f} "
-              f"{moved['bwd'] / t_bwd / 1e9:>6.2f}" + ("" if same else "  DIFFERS"), flush=True)
-    kernels.LAUNCH.update(default)
-    for block_t, tiles, warps in itertools.product((16, 32), (1, 4, 8, 16), (4, 8)):
-        kernels.LAUNCH["dx"] = {"block_t": block_t, "block_c": 128, "num_warps": warps,
-                                "tiles_per_program": tiles}
-        t_bwd = do_bench(lambda: kernels.qkv_features_bwd_launch(x, weight, None, H, True, 1e-6, *grads))
-        dx, dw = kernels.qkv_features_bwd_launch(x, weight, None, H, True, 1e-6, *grads)
-        same = torch.equal(dx, reference[0]) and torch.allclose(dw, reference[1], rtol=1e-4, atol=1e-3)
-        best = min(best, (t_bwd, ("dx tiles", block_t, tiles, warps)))
-        print(f"bwd, dx tiles {block_t}x128 x {tiles} per program, {warps} warps: {1e3 * t_bwd:.1f} us"
+        best = min(best, (t_bwd, ("bwd", block_t, warps)))
+        print(f"{'bwd':<20} {block_t:>7} {warps:>5} {1e3 * t_bwd:>8.1f} {moved['bwd'] / t_bwd / 1e9:>6.2f}"
               + ("" if same else "  DIFFERS"), flush=True)
+    kernels.LAUNCH.update(default)
+    for block_t, block_c, warps in itertools.product((32, 64), (64, 128), (4, 8)):
+        kernels.LAUNCH["dx"] = {"block_t": block_t, "block_c": block_c, "num_warps": warps}
+        t_bwd = do_bench(lambda: kernels.qkv_features_bwd_launch(x, weight, None, H, True, 1e-6, *grads))
+        best = min(best, (t_bwd, ("dx tiles", block_t, block_c, warps)))
+        print(f"bwd, dx tiles {block_t}x{block_c}, {warps} warps: {1e3 * t_bwd:.1f} us", flush=True)
     kernels.LAUNCH.update(default)
     print(f"fastest backward: {best[1]} {1e3 * best[0]:.1f} us")
 

@@ -160,19 +160,3 @@ def test_bad_inputs_name_the_argument(kwargs, error, match):
     with pytest.raises(error, match=match):
         qkv_features(**args)
 
-
-
-@needs_triton
-@pytest.mark.parametrize("tiles_per_program", [1, 2, 3])
-def test_dw_accumulated_over_several_tiles_per_program(tiles_per_program, monkeypatch):
-    """The dx/dw launch walks several token tiles per program (here 16 tokens each, T = 70: programs that end
-    inside and past the sequence), packed documents included."""
-    from deltanet.ops.triton import qkv_features as kernels
-
-    monkeypatch.setitem(kernels.LAUNCH, "dx", {**kernels.LAUNCH["dx"], "block_t": 16,
-                                               "tiles_per_program": tiles_per_program})
-    cu = torch.tensor([0, 3, 35, 36, 70])
-    qkv, weight = make_inputs(1, 70, 2, 16, W=4, seed=11)
-    ref = outputs_and_grads(qkv, weight, 2, seed=5, backend="reference", cu_seqlens=cu)
-    out = outputs_and_grads(qkv, weight, 2, seed=5, backend="triton", cu_seqlens=cu)
-    assert_close(out, ref, FP32_BOUND)

@@ -195,7 +195,7 @@ def kernels() -> dict:
             conv_dx_dw_kernel,
             ["dz", "x", "weight", "doc_position", "dx", "dweight_partial"],
             ["T", "C"],
-            {"W": 4, "BLOCK_T": 16, "BLOCK_C": 128, "TILES_PER_PROGRAM": 8, "IS_VARLEN": True},
+            {"W": 4, "BLOCK_T": 64, "BLOCK_C": 128, "IS_VARLEN": True},
         ),
         "row_norm_fwd": (
             row_norm_fwd_kernel,

@@ -34,9 +34,8 @@ from deltanet.ops.triton.short_conv import conv_tile
 LAUNCH = {
     "fwd": {"block_t": 32, "num_warps": 4},
     "bwd": {"block_t": 16, "num_warps": 4},
-    "dx": {"block_t": 16, "block_c": 128, "num_warps": 4, "tiles_per_program": 8},
+    "dx": {"block_t": 64, "block_c": 128, "num_warps": 4},
 }
-
 
 @triton.jit
 def head_output_offsets(i_b, offs_t, i_head, offs_d, T, H, D):
@@ -133,81 +132,33 @@ def qkv_features_dz_kernel(
 
 
 @triton.jit
-def accumulate_tap(a0, a1, a2, a3, a4, a5, a6, a7, i: tl.constexpr, product):
-    """a_i += product for a compile-time tap index i (W <= 8 accumulators; unused ones are eliminated)."""
-    if i == 0:
-        a0 += product
-    elif i == 1:
-        a1 += product
-    elif i == 2:
-        a2 += product
-    elif i == 3:
-        a3 += product
-    elif i == 4:
-        a4 += product
-    elif i == 5:
-        a5 += product
-    elif i == 6:
-        a6 += product
-    else:
-        a7 += product
-    return a0, a1, a2, a3, a4, a5, a6, a7
-
-
-@triton.jit
 def conv_dx_dw_kernel(
     dz, x, weight, doc_position, dx, dweight_partial,
-    T, C, W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, TILES_PER_PROGRAM: tl.constexpr,
-    IS_VARLEN: tl.constexpr,
+    T, C, W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    """dx_s = sum_i w[W - 1 - i] dz_{s + i}, and partial sums of dw[W - 1 - i] = sum_s dz_{s + i} x_s (the
-    same shifted dz tiles, one load of x), both over the outputs s + i that read x_s (in range, in s's
-    document). A program walks TILES_PER_PROGRAM tiles of BLOCK_T tokens, adding the dw products elementwise
-    (one accumulator per tap) and reducing over tokens once at the end: a reduction per tile cost ~100 us of
-    the 222 us this launch took on an H100 at [8, 2048, 3072] (2026-11-27)."""
-    tl.static_assert(W <= 8)  # MAX_WIDTH: one accumulator each
+    """dx_s = sum_i w[W - 1 - i] dz_{s + i}, and this tile's partial sums of
+    dw[W - 1 - i] = sum_s dz_{s + i} x_s (the same shifted dz tiles, one load of x): both over the outputs
+    s + i that read x_s (in range, in s's document)."""
     i_t, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
+    mask_t, mask_c = offs_t < T, offs_c < C
     base = i_b.to(tl.int64) * T * C
-    a0 = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
-    a1, a2, a3, a4, a5, a6, a7 = a0, a0, a0, a0, a0, a0, a0
-    for tile in range(TILES_PER_PROGRAM):
-        offs_t = (i_t * TILES_PER_PROGRAM + tile) * BLOCK_T + tl.arange(0, BLOCK_T)
-        mask_t = offs_t < T
-        offsets = offs_t.to(tl.int64)[:, None] * C + offs_c[None, :]
-        b_x = tl.load(x + base + offsets, mask=mask_t[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
-        b_dx = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
-        for i in tl.static_range(W):
-            rows = offs_t + i
-            valid = mask_t & (rows < T)
-            if IS_VARLEN:
-                valid = valid & (tl.load(doc_position + rows, mask=valid, other=0) >= i)
-            w_i = tl.load(weight + offs_c * W + (W - 1 - i), mask=mask_c, other=0.0)
-            dz_offsets = rows.to(tl.int64)[:, None] * C + offs_c[None, :]
-            dz_i = tl.load(dz + base + dz_offsets, mask=valid[:, None] & mask_c[None, :], other=0.0)
-            b_dx += dz_i * w_i[None, :]
-            a0, a1, a2, a3, a4, a5, a6, a7 = accumulate_tap(a0, a1, a2, a3, a4, a5, a6, a7, i, dz_i * b_x)
-        tl.store(dx + base + offsets, b_dx.to(dx.dtype.element_ty), mask=mask_t[:, None] & mask_c[None, :])
-    p_dw = dweight_partial + (i_b.to(tl.int64) * tl.num_programs(0) + i_t) * C * W + offs_c * W
+    offsets = offs_t.to(tl.int64)[:, None] * C + offs_c[None, :]
+    b_x = tl.load(x + base + offsets, mask=mask_t[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
+    p_dw = dweight_partial + (i_b.to(tl.int64) * tl.cdiv(T, BLOCK_T) + i_t) * C * W + offs_c * W
+    b_dx = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
     for i in tl.static_range(W):
-        if i == 0:
-            a = a0
-        elif i == 1:
-            a = a1
-        elif i == 2:
-            a = a2
-        elif i == 3:
-            a = a3
-        elif i == 4:
-            a = a4
-        elif i == 5:
-            a = a5
-        elif i == 6:
-            a = a6
-        else:
-            a = a7
-        tl.store(p_dw + (W - 1 - i), tl.sum(a, axis=0), mask=mask_c)
+        rows = offs_t + i
+        valid = mask_t & (rows < T)
+        if IS_VARLEN:
+            valid = valid & (tl.load(doc_position + rows, mask=valid, other=0) >= i)
+        w_i = tl.load(weight + offs_c * W + (W - 1 - i), mask=mask_c, other=0.0)
+        dz_offsets = rows.to(tl.int64)[:, None] * C + offs_c[None, :]
+        dz_i = tl.load(dz + base + dz_offsets, mask=valid[:, None] & mask_c[None, :], other=0.0)
+        b_dx += dz_i * w_i[None, :]
+        tl.store(p_dw + (W - 1 - i), tl.sum(dz_i * b_x, axis=0), mask=mask_c)
+    tl.store(dx + base + offsets, b_dx.to(dx.dtype.element_ty), mask=mask_t[:, None] & mask_c[None, :])
 
 
 def qkv_features_fwd_launch(x, weight, doc_position, num_heads: int, normalize_qk: bool, eps: float):
@@ -242,12 +193,10 @@ def qkv_features_bwd_launch(x, weight, doc_position, num_heads: int, normalize_q
     launch = LAUNCH["dx"]
     block_t = min(launch["block_t"], max(16, next_power_of_2(T)))
     block_c = min(launch["block_c"], max(16, next_power_of_2(C)))
-    tiles = max(1, min(launch["tiles_per_program"], cdiv(T, block_t)))
-    num_t_programs = cdiv(T, block_t * tiles)
     dx = torch.empty_like(x)
-    dweight_partial = x.new_empty(B * num_t_programs, C, W, dtype=torch.float32)  # every entry is written
-    conv_dx_dw_kernel[(num_t_programs, cdiv(C, block_c), B)](
-        dz, x, weight, doc_position, dx, dweight_partial, T, C, W, block_t, block_c, tiles,
+    dweight_partial = x.new_empty(B * cdiv(T, block_t), C, W, dtype=torch.float32)  # every entry is written
+    conv_dx_dw_kernel[(cdiv(T, block_t), cdiv(C, block_c), B)](
+        dz, x, weight, doc_position, dx, dweight_partial, T, C, W, block_t, block_c,
         IS_VARLEN=is_varlen, num_warps=launch["num_warps"],
     )
     return dx, dweight_partial.sum(0)
