@@ -30,7 +30,8 @@ from deltanet.ops.triton.short_conv import conv_tile
 # over all 3HD channels. From benchmarks/sweep_qkv_features.py on an H100 (2026-11-27, [8, 2048, 3 x 8 x 128]
 # bf16): forward 88 us at 32 tokens / 4 warps (2.3 TB/s; 91-415 us for the other settings); backward 389 us
 # at 16 / 4 with 64 x 128 dx tiles. Measured and dropped: dw summed in the dz launch (the plain conv's
-# layout, 419 us at best) and one fused launch recomputing dz at the W shifts (749 us at best).
+# layout, 419 us at best); one fused launch recomputing dz at the W shifts (749 us at best); dx/dw programs
+# walking several tiles and reducing dw once (381 us at best: the per-tile reductions were not the cost).
 LAUNCH = {
     "fwd": {"block_t": 32, "num_warps": 4},
     "bwd": {"block_t": 16, "num_warps": 4},
