@@ -40,3 +40,20 @@ def test_eager_and_compiled_routes_agree():
     torch.testing.assert_close(compiled, eager, rtol=0, atol=0)  # the same kernels in the same order
     for a, b in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_direct_route_only_for_plain_tensors():
+    """call_op runs an op's function directly for plain tensors (eager, host cost) and through the dispatcher
+    otherwise: meta tensors get the registered fake implementation (shapes only, no kernel), and the direct
+    route gives the same values as the dispatcher's."""
+    from deltanet.ops.triton.common import call_op
+    from deltanet.ops.triton.row_norm import row_norm_fwd
+
+    g = torch.Generator().manual_seed(1)
+    x, weight = torch.randn(6, 32, generator=g), torch.randn(32, generator=g)
+    direct = call_op(row_norm_fwd, x, weight, None, 1 / 32, 1e-6, torch.float32)
+    dispatched = row_norm_fwd(x, weight, None, 1 / 32, 1e-6, torch.float32)
+    for a, b in zip(direct, dispatched):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    y, rstd = call_op(row_norm_fwd, x.to("meta"), weight.to("meta"), None, 1 / 32, 1e-6, torch.bfloat16)
+    assert y.is_meta and y.shape == (6, 32) and y.dtype == torch.bfloat16 and rstd.shape == (6,)

@@ -17,7 +17,7 @@ import torch
 from deltanet.ops.backends import check_triton_dtype
 from deltanet.ops.l2norm import l2_normalize
 from deltanet.ops.triton.backward import chunk_bwd
-from deltanet.ops.triton.common import LAUNCH, chunk_tables, eager_autograd
+from deltanet.ops.triton.common import LAUNCH, call_op, chunk_tables, eager_autograd, kernel_op
 from deltanet.ops.triton.output import output_fwd
 from deltanet.ops.triton.segments import segment_chunks_for, segmented_state_bwd, segmented_state_fwd
 from deltanet.ops.triton.state import fuse_output_in_state_pass, state_bwd, state_fwd
@@ -70,7 +70,7 @@ def _recompute_forward(k, v, beta, initial_state, cu_seqlens, chunk_size, dot_pr
     return {"w": w, "u": u, "a_inv": a_inv, "h": h, "u_tilde": u_tilde}
 
 
-@torch.library.custom_op("deltanet::chunk_delta_rule_fwd", mutates_args=())
+@kernel_op("deltanet::chunk_delta_rule_fwd")
 def chunk_delta_rule_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, scale: float,
     initial_state: torch.Tensor | None, output_final_state: bool, cu_seqlens: torch.Tensor | None,
@@ -102,7 +102,7 @@ def _(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, chunk
     return torch.empty_like(v), q.new_empty(final_shape, dtype=torch.float32)
 
 
-@torch.library.custom_op("deltanet::chunk_delta_rule_bwd", mutates_args=())
+@kernel_op("deltanet::chunk_delta_rule_bwd")
 def chunk_delta_rule_bwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, scale: float,
     initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None, chunk_size: int,
@@ -152,10 +152,10 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, do, dht):
     q, k, v, beta, initial_state, cu_seqlens = ctx.saved_tensors
     need_h0_grad = initial_state is not None and ctx.needs_input_grad[5]
-    dq, dk, dv, dbeta, dh0 = chunk_delta_rule_bwd(
-        q, k, v, beta, ctx.scale, initial_state, cu_seqlens, ctx.chunk_size, ctx.dot_precision,
-        do.contiguous(), dht.contiguous() if ctx.output_final_state and dht is not None else None,
-        need_h0_grad,
+    dht = dht.contiguous() if ctx.output_final_state and dht is not None else None
+    dq, dk, dv, dbeta, dh0 = call_op(
+        chunk_delta_rule_bwd, q, k, v, beta, ctx.scale, initial_state, cu_seqlens, ctx.chunk_size,
+        ctx.dot_precision, do.contiguous(), dht, need_h0_grad,
     )
     return dq, dk, dv, dbeta, None, (dh0 if need_h0_grad else None), None, None, None, None
 

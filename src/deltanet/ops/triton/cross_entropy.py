@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deltanet.ops.triton.common import eager_autograd, next_power_of_2
+from deltanet.ops.triton.common import call_op, eager_autograd, kernel_op, next_power_of_2
 
 BLOCK_VOCAB = 4096
 
@@ -70,7 +70,7 @@ def cross_entropy_bwd_kernel(
         tl.store(DLOGITS + row * V + start + cols, grad.to(DLOGITS.dtype.element_ty), mask=mask)
 
 
-@torch.library.custom_op("deltanet::cross_entropy_fwd", mutates_args=())
+@kernel_op("deltanet::cross_entropy_fwd")
 def cross_entropy_fwd(
     logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +90,7 @@ def _(logits, targets, ignore_index):
     return logits.new_empty(N, dtype=torch.float32), logits.new_empty(N, dtype=torch.float32)
 
 
-@torch.library.custom_op("deltanet::cross_entropy_bwd", mutates_args=())
+@kernel_op("deltanet::cross_entropy_bwd")
 def cross_entropy_bwd(
     logits: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor, dloss: torch.Tensor, ignore_index: int
 ) -> torch.Tensor:
@@ -115,7 +115,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dloss, _dlse):
     logits, targets, lse = ctx.saved_tensors
-    return cross_entropy_bwd(logits, targets, lse, dloss.float().contiguous(), ctx.ignore_index), None, None
+    dlogits = call_op(cross_entropy_bwd, logits, targets, lse, dloss.float().contiguous(), ctx.ignore_index)
+    return dlogits, None, None
 
 
 cross_entropy_fwd.register_autograd(_backward, setup_context=_setup_context)

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deltanet.ops.triton.common import cdiv, eager_autograd, next_power_of_2
+from deltanet.ops.triton.common import call_op, cdiv, eager_autograd, kernel_op, next_power_of_2
 from deltanet.ops.triton.short_conv import conv_tile
 
 # Tokens per program; a program covers one head (BLOCK_D = next power of two of D channels); dx/dw tiles
@@ -207,7 +207,7 @@ def qkv_features_bwd_launch(x, weight, doc_position, num_heads: int, normalize_q
 # The forward saves x, not the outputs: z, y and the norms are recomputed in the backward.
 
 
-@torch.library.custom_op("deltanet::qkv_features_fwd", mutates_args=())
+@kernel_op("deltanet::qkv_features_fwd")
 def qkv_features_fwd(
     x: torch.Tensor, weight: torch.Tensor, doc_position: torch.Tensor | None, num_heads: int,
     normalize_qk: bool, eps: float,
@@ -223,7 +223,7 @@ def _(x, weight, doc_position, num_heads, normalize_qk, eps):
     return x.new_empty(shape), x.new_empty(shape), x.new_empty(shape)
 
 
-@torch.library.custom_op("deltanet::qkv_features_bwd", mutates_args=())
+@kernel_op("deltanet::qkv_features_bwd")
 def qkv_features_bwd(
     x: torch.Tensor, weight: torch.Tensor, doc_position: torch.Tensor | None, num_heads: int,
     normalize_qk: bool, eps: float, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor,
@@ -248,7 +248,8 @@ def _backward(ctx, dq, dk, dv):
     x, weight, doc_position = ctx.saved_tensors
     # An output that took no part in the loss has no gradient: zeros of its shape.
     grads = [x.new_zeros(ctx.output_shape) if g is None else g.contiguous() for g in (dq, dk, dv)]
-    dx, dweight = qkv_features_bwd(x, weight, doc_position, ctx.num_heads, ctx.normalize_qk, ctx.eps, *grads)
+    dx, dweight = call_op(qkv_features_bwd, x, weight, doc_position, ctx.num_heads, ctx.normalize_qk, ctx.eps,
+                          *grads)
     return dx, dweight, None, None, None, None
 
 

@@ -21,7 +21,14 @@ import torch
 import triton
 import triton.language as tl
 
-from deltanet.ops.triton.common import cdiv, eager_autograd, multiprocessor_count, next_power_of_2
+from deltanet.ops.triton.common import (
+    call_op,
+    cdiv,
+    eager_autograd,
+    kernel_op,
+    multiprocessor_count,
+    next_power_of_2,
+)
 
 # Elements of x per program tile: enough rows to fill 4 warps for narrow rows (head norms, D = 128).
 TILE_ELEMENTS = 4096
@@ -100,7 +107,7 @@ def _tiles(D: int) -> tuple[int, int, int]:
     return block_d, block_rows, 8 if block_d >= 4096 else 4
 
 
-@torch.library.custom_op("deltanet::row_norm_fwd", mutates_args=())
+@kernel_op("deltanet::row_norm_fwd")
 def row_norm_fwd(
     x: torch.Tensor, weight: torch.Tensor | None, gate: torch.Tensor | None, inv_n: float, eps: float,
     out_dtype: torch.dtype,
@@ -125,7 +132,7 @@ def _(x, weight, gate, inv_n, eps, out_dtype):
     return x.new_empty(x.shape, dtype=out_dtype), x.new_empty(x.shape[0], dtype=torch.float32)
 
 
-@torch.library.custom_op("deltanet::row_norm_bwd", mutates_args=())
+@kernel_op("deltanet::row_norm_bwd")
 def row_norm_bwd(
     x: torch.Tensor, weight: torch.Tensor | None, gate: torch.Tensor | None, rstd: torch.Tensor,
     dy: torch.Tensor, inv_n: float,
@@ -168,7 +175,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy, _drstd):
     x, weight, gate, rstd = ctx.saved_tensors
-    dx, dweight, dgate = row_norm_bwd(x, weight, gate, rstd, dy, ctx.inv_n)
+    dx, dweight, dgate = call_op(row_norm_bwd, x, weight, gate, rstd, dy, ctx.inv_n)
     return dx, dweight if weight is not None else None, dgate if gate is not None else None, None, None, None
 
 

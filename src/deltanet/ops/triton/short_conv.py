@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deltanet.ops.triton.common import cdiv, eager_autograd, next_power_of_2
+from deltanet.ops.triton.common import call_op, cdiv, eager_autograd, kernel_op, next_power_of_2
 
 MAX_WIDTH = 8  # W is unrolled (tl.static_range); the public op accepts 1 <= W <= MAX_WIDTH
 # Tiles: untimed on a GPU so far (a memory-bound op; these keep ~4 float32 tiles per thread in registers
@@ -192,7 +192,7 @@ def short_conv_bwd(x: torch.Tensor, weight: torch.Tensor, doc_position: torch.Te
 # runs inside torch.compile without a graph break. The forward saves x, not y: SiLU's z is recomputed.
 
 
-@torch.library.custom_op("deltanet::causal_conv1d_fwd", mutates_args=())
+@kernel_op("deltanet::causal_conv1d_fwd")
 def causal_conv1d_fwd(
     x: torch.Tensor, weight: torch.Tensor, doc_position: torch.Tensor | None, silu: bool
 ) -> torch.Tensor:
@@ -205,7 +205,7 @@ def _(x, weight, doc_position, silu):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("deltanet::causal_conv1d_bwd", mutates_args=())
+@kernel_op("deltanet::causal_conv1d_bwd")
 def causal_conv1d_bwd(
     x: torch.Tensor, weight: torch.Tensor, doc_position: torch.Tensor | None, silu: bool, dy: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,7 +226,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy):
     x, weight, doc_position = ctx.saved_tensors
-    dx, dweight = causal_conv1d_bwd(x, weight, doc_position, ctx.silu, dy.contiguous())
+    dx, dweight = call_op(causal_conv1d_bwd, x, weight, doc_position, ctx.silu, dy.contiguous())
     return dx, dweight, None, None
 
 

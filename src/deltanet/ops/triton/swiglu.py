@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deltanet.ops.triton.common import cdiv, eager_autograd
+from deltanet.ops.triton.common import call_op, cdiv, eager_autograd, kernel_op
 
 BLOCK = 2048
 
@@ -38,7 +38,7 @@ def swiglu_bwd_kernel(G, U, DH, DG, DU, n, BLOCK: tl.constexpr):
     tl.store(DG + offsets, (dh * u * s * (1.0 + g * (1.0 - s))).to(DG.dtype.element_ty), mask=mask)
 
 
-@torch.library.custom_op("deltanet::swiglu_fwd", mutates_args=())
+@kernel_op("deltanet::swiglu_fwd")
 def swiglu_fwd(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """gate, up: contiguous, same shape and dtype -> silu(gate) * up."""
     h = torch.empty_like(up)
@@ -52,7 +52,7 @@ def _(gate, up):
     return torch.empty_like(up)
 
 
-@torch.library.custom_op("deltanet::swiglu_bwd", mutates_args=())
+@kernel_op("deltanet::swiglu_bwd")
 def swiglu_bwd(gate: torch.Tensor, up: torch.Tensor, dh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """-> d gate, d up."""
     dh = dh.contiguous()
@@ -73,7 +73,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dh):
     gate, up = ctx.saved_tensors
-    return swiglu_bwd(gate, up, dh)
+    return call_op(swiglu_bwd, gate, up, dh)
 
 
 swiglu_fwd.register_autograd(_backward, setup_context=_setup_context)
