@@ -2,7 +2,9 @@
 several tile settings, beside the separate ops they replace (three causal_conv1d and two l2_normalize).
 
 Each setting: the forward launch and the backward (both launches and the dw sum) alone (`do_bench`
-medians), and the bandwidth on the bytes they must move. Checks every setting against the default's results.
+medians), and the bandwidth on the bytes they must move. The backward's settings are checked against the
+default's results. The "separate ops" baseline feeds chunk views of one [B, T, 3HD] tensor to the three
+convs (a copy each that the old layer, with three projections, did not make).
 Results of 2026-11-27 (H100) are in ops/triton/qkv_features.py beside LAUNCH.
 Run on a GPU: PYTHONPATH=src python benchmarks/sweep_qkv_features.py [--shape 8x2048x8x128]
 """

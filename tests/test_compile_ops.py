@@ -19,6 +19,8 @@ def small_model(x, weight, gate, targets, beta):
     y = causal_conv1d(y, taps, activation="silu", backend="triton")
     q, k, v = qkv_features(torch.cat([y, 0.5 * y, y.flip(-1)], dim=-1), torch.cat([taps, taps, taps]), 2,
                            backend="triton")
+    # use_qk_l2norm on top of the already normalised q and k: a no-op in value, but it puts the op's own
+    # norm kernels into the compiled graph too.
     o, _ = chunk_delta_rule(q, k, v, beta, backend="triton", use_qk_l2norm=True, chunk_size=16)
     h = swiglu(o.reshape(2, 8, 32), y * 2, backend="triton")
     return cross_entropy(h.reshape(-1, h.shape[-1]), targets, backend="triton")

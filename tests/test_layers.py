@@ -295,6 +295,43 @@ def test_left_padding_matches_unpadded_prefill_and_decoding(name):
         )
 
 
+@pytest.mark.parametrize("name", list(MIXERS))
+def test_padding_without_cache_matches_unpadded_rows(name):
+    """The no-cache path (scoring, training with padding): the recurrent mixers take the fused feature op
+    there, which must zero padded inputs as the cache path does."""
+    mixer = make_mixer(name)
+    num_pad, length = 3, 9
+    x = torch.randn(2, length, HIDDEN, dtype=torch.float64)
+    garbage = 100 * torch.randn(1, num_pad, HIDDEN, dtype=torch.float64)
+    batch = torch.cat([torch.cat([garbage, x[:1]], dim=1), torch.cat([x[1:], garbage], dim=1)])
+    token_mask = torch.ones(2, length + num_pad, dtype=torch.bool)
+    token_mask[0, :num_pad] = False
+    token_mask[1, length:] = False
+    out = mixer(batch, padded_info(token_mask))
+    for row, piece in ((0, slice(num_pad, None)), (1, slice(None, length))):
+        alone = mixer(x[row : row + 1], SequenceInfo.contiguous(1, length, x.device))
+        torch.testing.assert_close(out[row : row + 1, piece], alone, rtol=0, atol=F64_ATOL)
+
+
+@pytest.mark.parametrize("name", ["deltanet", "linear-attn"])
+def test_projection_hooks_and_adapters_are_honoured(name):
+    """The recurrent mixers fuse the q, k, v projections into one matmul only for plain nn.Linear modules
+    without hooks: a forward hook (as adapters and quantizers use) must still change the output."""
+    mixer = make_mixer(name)
+    x = torch.randn(1, 6, HIDDEN, dtype=torch.float64)
+    info = SequenceInfo.contiguous(1, 6, x.device)
+    plain = mixer(x, info)
+    assert mixer.projections_fusable()
+    handle = mixer.k_proj.register_forward_hook(lambda module, args, out: 2 * out + 1)
+    assert not mixer.projections_fusable()
+    hooked = mixer(x, info)
+    handle.remove()
+    assert (hooked - plain).abs().max() > 1e-3
+    with torch.no_grad():
+        mixer.k_proj.weight.mul_(2)  # the hook's effect without its constant: a plain weight change
+    assert mixer.projections_fusable() and (mixer(x, info) - plain).abs().max() > 1e-3
+
+
 def test_short_convolution_decoding_matches_prefill_under_autocast():
     """Decoding from a conv state computes in float32 like the fused prefill path, also under autocast (which
     would otherwise run conv1d in bf16): both round once, to bf16, so each output is within bf16's unit

@@ -78,7 +78,9 @@ def assert_close(actual, expected, bound):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("normalize_qk", [True, False])
-@pytest.mark.parametrize("B,T,H,D,W", [(2, 1, 2, 16, 4), (1, 37, 3, 24, 4), (2, 70, 2, 16, 3)])
+@pytest.mark.parametrize("B,T,H,D,W", [
+    (2, 1, 2, 16, 4), (1, 37, 3, 24, 4), (2, 70, 2, 16, 3), (1, 37, 2, 16, 1), (1, 37, 2, 16, 8),
+])
 def test_float32_matches_float64_reference(backend, normalize_qk, B, T, H, D, W):
     qkv, weight = make_inputs(B, T, H, D, W, seed=T + H + D)
     ref = outputs_and_grads(qkv, weight, H, seed=1, backend="reference", normalize_qk=normalize_qk)
@@ -151,6 +153,8 @@ def test_torch_path_gradcheck_float64():
 @pytest.mark.parametrize("kwargs,error,match", [
     ({"num_heads": 5}, ValueError, r"qkv's last dim must be 3 \* num_heads \* head_dim"),
     ({"num_heads": 0}, ValueError, "num_heads must be a positive int"),
+    ({"qkv": torch.zeros(1, 5, 3 * 288), "weight": torch.zeros(3 * 288, 4), "num_heads": 1}, ValueError,
+     "head_dim must be at most 256"),
     ({"weight": torch.zeros(47, 4)}, ValueError, r"weight must have shape \[C, W\] = \[48, W\]"),
     ({"qkv": torch.zeros(5, 48)}, ValueError, r"qkv must have shape \[B, T, C\]"),
     ({"qkv": torch.zeros(2, 5, 48), "cu_seqlens": torch.tensor([0, 5])}, ValueError, "B of qkv must be 1"),
@@ -160,3 +164,10 @@ def test_bad_inputs_name_the_argument(kwargs, error, match):
     with pytest.raises(error, match=match):
         qkv_features(**args)
 
+
+@needs_triton
+def test_triton_backward_is_deterministic():
+    qkv, weight = make_inputs(1, 70, 2, 16, seed=12)
+    first = outputs_and_grads(qkv, weight, 2, seed=6, backend="triton")
+    second = outputs_and_grads(qkv, weight, 2, seed=6, backend="triton")
+    assert all(torch.equal(a, b) for a, b in zip(first, second))

@@ -19,8 +19,10 @@ class ShortConvolution(nn.Module):
     """Causal depthwise conv over time, no bias, optionally followed by SiLU. weight [C, 1, W] (the F.conv1d
     layout for groups=C).
 
-    Training and prefill run the fused op (deltanet.ops.causal_conv1d: one kernel each way on the GPU);
-    decoding from a cached conv state runs F.conv1d over the state and the new tokens.
+    Without a conv state it runs the fused op (deltanet.ops.causal_conv1d: one launch forward, two backward
+    on the GPU): prefill with a cache, and any use outside the DeltaNet layers' training path (which convolves
+    q, k and v in one pass with deltanet.ops.qkv_features). Decoding from a cached conv state runs F.conv1d
+    over the state and the new tokens.
     """
 
     def __init__(self, channels: int, kernel_size: int = 4, activation: str | None = None) -> None:

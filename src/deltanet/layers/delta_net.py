@@ -27,7 +27,6 @@ class DeltaNet(LinearRecurrentMixer):
     Args (besides LinearRecurrentMixer's):
         allow_neg_eigval: beta = 2 sigmoid(.) instead of sigmoid(.).
         chunk_size: tokens per chunk of the chunkwise op (a power of two).
-        backend: op backend, None (fastest available), "torch" or "triton".
         allow_tf32: Triton backend, float32 tensors: products in tf32 (default) or full float32.
     """
 
@@ -36,12 +35,11 @@ class DeltaNet(LinearRecurrentMixer):
         *args,
         allow_neg_eigval: bool = False,
         chunk_size: int = 64,
-        backend: str | None = None,
         allow_tf32: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.allow_neg_eigval, self.chunk_size, self.backend = allow_neg_eigval, chunk_size, backend
+        self.allow_neg_eigval, self.chunk_size = allow_neg_eigval, chunk_size
         self.allow_tf32 = allow_tf32
         self.b_proj = nn.Linear(self.hidden_size, self.num_heads, bias=False)
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from deltanet.layers.cache_entries import RecurrentCacheEntry
 from deltanet.layers.conv import ShortConvolution
@@ -36,6 +37,8 @@ class LinearRecurrentMixer(TokenMixer):
         use_short_conv, conv_size: the causal depthwise conv on q, k and v, and its width.
         use_output_gate: gated RMSNorm with an output gate W_g x instead of a plain RMSNorm.
         norm_eps: epsilon of the output norm.
+        backend: backend of the feature op and the recurrence's op: None (fastest available), "torch" or
+            "triton".
     """
 
     cache_entry_type = RecurrentCacheEntry
@@ -51,8 +54,10 @@ class LinearRecurrentMixer(TokenMixer):
         conv_size: int = 4,
         use_output_gate: bool = False,
         norm_eps: float = 1e-6,
+        backend: str | None = None,
     ) -> None:
         super().__init__(layer_idx)
+        self.backend = backend
         self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim
         self.use_short_conv, self.use_output_gate = use_short_conv, use_output_gate
         inner = num_heads * head_dim
@@ -70,26 +75,45 @@ class LinearRecurrentMixer(TokenMixer):
             self.o_norm = RMSNorm(head_dim, eps=norm_eps)
         self.o_proj = nn.Linear(inner, hidden_size, bias=False)
 
+    def projections_fusable(self) -> bool:
+        """Whether one matmul against the concatenated q, k, v weights equals calling the three projections:
+        only for plain nn.Linear modules without hooks or parametrizations (a LoRA adapter, a quantized
+        linear or a forward hook must see its own call)."""
+        for name in self.projection_names:
+            proj = getattr(self, f"{name}_proj")
+            if (type(proj) is not nn.Linear or proj._forward_hooks or proj._forward_pre_hooks
+                    or parametrize.is_parametrized(proj)):
+                return False
+        return True
+
     def features(
         self, hidden_states: torch.Tensor, info: SequenceInfo, entry: RecurrentCacheEntry | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v [B, T, H, D] after projection, short conv and SiLU, with q and k L2-normalised per head.
 
-        The three projections run as one matmul against their concatenated weights. Without a cache entry
-        (training, scoring) the conv, SiLU and norms run as one fused op (`qkv_features`); with one, each
-        projection goes through its ShortConvolution, which carries its conv state.
+        Without a cache entry (training, scoring) the three projections run as one matmul against their
+        concatenated weights (when projections_fusable) and the conv, SiLU and norms as one fused op
+        (`qkv_features`), which rounds once after the norm. With an entry (prefill and decoding), each
+        projection goes through its own module and ShortConvolution, which carries the conv state, and the
+        conv output is rounded to the compute dtype before the norm: in bf16 the two paths can differ by one
+        rounding in q and k (in float32 they agree to roundoff; tests/test_models.py checks decoding there).
         """
         batch, seq_len, _ = hidden_states.shape
-        weight = torch.cat([getattr(self, f"{name}_proj").weight for name in self.projection_names])
-        qkv = F.linear(hidden_states, weight)  # [B, T, 3 H D]
         if self.use_short_conv and entry is None:
+            projections = [getattr(self, f"{name}_proj") for name in self.projection_names]
+            if self.projections_fusable():
+                qkv = F.linear(hidden_states, torch.cat([proj.weight for proj in projections]))  # [B, T, 3HD]
+            else:
+                qkv = torch.cat([proj(hidden_states) for proj in projections], dim=-1)
             if info.token_mask is not None:
                 qkv = qkv * info.token_mask[..., None].to(qkv.dtype)  # padding reads as zero input
             convs = [getattr(self, f"{name}_conv") for name in self.projection_names]
             conv_weight = torch.cat([conv.weight[:, 0] for conv in convs])  # [3 H D, W]
-            return qkv_features(qkv, conv_weight, self.num_heads, cu_seqlens=info.cu_seqlens)
+            return qkv_features(qkv, conv_weight, self.num_heads, cu_seqlens=info.cu_seqlens,
+                                backend=self.backend)
         outputs = []
-        for name, x in zip(self.projection_names, qkv.chunk(3, dim=-1)):
+        for name in self.projection_names:
+            x = getattr(self, f"{name}_proj")(hidden_states)  # [B, T, H * D]
             if self.use_short_conv:
                 conv: ShortConvolution = getattr(self, f"{name}_conv")
                 state = entry.get(f"conv_{name}")
@@ -97,9 +121,9 @@ class LinearRecurrentMixer(TokenMixer):
                 entry.set(f"conv_{name}", new_state)
             else:
                 x = F.silu(x)
-            outputs.append(x.reshape(batch, seq_len, self.num_heads, self.head_dim))
+            outputs.append(x.view(batch, seq_len, self.num_heads, self.head_dim))
         q, k, v = outputs
-        return l2_normalize(q), l2_normalize(k), v
+        return l2_normalize(q, backend=self.backend), l2_normalize(k, backend=self.backend), v
 
     def recurrence(
         self,

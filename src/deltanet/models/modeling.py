@@ -49,11 +49,11 @@ def build_mixer(config: DeltaNetConfig, layer_idx: int) -> TokenMixer:
         use_output_gate=config.use_output_gate,
         norm_eps=config.norm_eps,
         chunk_size=config.chunk_size,
+        backend=config.backend,
     )
     if kind == "linear_attn":
         return LinearAttention(**recurrent)
-    return DeltaNet(**recurrent, allow_neg_eigval=config.allow_neg_eigval, backend=config.backend,
-                    allow_tf32=config.allow_tf32)
+    return DeltaNet(**recurrent, allow_neg_eigval=config.allow_neg_eigval, allow_tf32=config.allow_tf32)
 
 
 class DeltaNetPreTrainedModel(PreTrainedModel):

@@ -5,7 +5,7 @@
     q, k = q / sqrt(|q|^2 + eps), k / sqrt(|k|^2 + eps)    per head (normalize_qk)
 
 The layer computes qkv with one matmul against the concatenated q, k and v projections; this op then
-replaces three conv passes and two L2-norm passes (one fused kernel each way on the GPU,
+replaces three conv passes and two L2-norm passes (on the GPU one launch forward and two backward,
 ops/triton/qkv_features.py). The PyTorch path below is the specification the kernels are tested against.
 """
 
@@ -16,6 +16,8 @@ import torch
 from deltanet.ops.backends import resolve_backend
 from deltanet.ops.short_conv import causal_conv1d_torch, check_short_conv_inputs, document_positions
 from deltanet.ops.validation import shape_str
+
+MAX_HEAD_DIM = 256  # a Triton program holds a whole head: [BLOCK_T, D] float32 tiles
 
 
 def qkv_features_torch(qkv, weight, doc_position, num_heads: int, normalize_qk: bool, eps: float):
@@ -46,7 +48,7 @@ def qkv_features(
             bfloat16 or float16.
         weight: conv taps [3 * H * D, W], 1 <= W <= 8 (the three convs' [C, 1, W] weights squeezed and
             concatenated); weight[:, W - 1] multiplies the current token.
-        num_heads: H; the head dim D is qkv.shape[-1] / (3 H).
+        num_heads: H; the head dim D = qkv.shape[-1] / (3 H) must be at most 256.
         cu_seqlens: int32/int64 [N + 1] cumulative lengths of documents packed along T (B = 1); the conv
             restarts at every document start. None: each batch row is one sequence.
         normalize_qk: L2-normalise each head of q and k (not v): x / sqrt(sum(x^2) + eps).
@@ -63,6 +65,10 @@ def qkv_features(
     if qkv.shape[-1] % (3 * num_heads):
         raise ValueError(f"qkv's last dim must be 3 * num_heads * head_dim, got qkv {shape_str(qkv)} "
                          f"with num_heads={num_heads}")
+    head_dim = qkv.shape[-1] // (3 * num_heads)
+    if head_dim > MAX_HEAD_DIM:
+        raise ValueError(f"head_dim must be at most {MAX_HEAD_DIM} (as for the delta-rule op), got "
+                         f"{head_dim} from qkv {shape_str(qkv)} with num_heads={num_heads}")
     backend = resolve_backend(backend, qkv)
     doc_position = None if cu_seqlens is None else document_positions(cu_seqlens, qkv.shape[1])
     if backend == "triton":

@@ -38,6 +38,7 @@ LAUNCH = {
     "dx": {"block_t": 64, "block_c": 128, "num_warps": 4},
 }
 
+
 @triton.jit
 def head_output_offsets(i_b, offs_t, i_head, offs_d, T, H, D):
     """Element offsets of a [BLOCK_T, BLOCK_D] tile of head i_head (in [0, H)) in a [B, T, H, D] tensor."""
