@@ -332,6 +332,16 @@ def test_projection_hooks_and_adapters_are_honoured(name):
     assert mixer.projections_fusable() and (mixer(x, info) - plain).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("name", ["deltanet", "linear-attn"])
+def test_packed_prefill_into_a_cache_is_refused(name):
+    mixer = make_mixer(name)
+    x = torch.randn(1, 6, HIDDEN, dtype=torch.float64)
+    info = SequenceInfo(positions=torch.empty(0), cu_seqlens=torch.tensor([0, 2, 6]))
+    info.positions = info.document_layout()[1][None]
+    with pytest.raises(ValueError, match="conv state cannot be carried across packed documents"):
+        mixer(x, info, OneLayerCache(mixer))
+
+
 def test_short_convolution_decoding_matches_prefill_under_autocast():
     """Decoding from a conv state computes in float32 like the fused prefill path, also under autocast (which
     would otherwise run conv1d in bf16): both round once, to bf16, so each output is within bf16's unit

@@ -50,6 +50,12 @@ class ShortConvolution(nn.Module):
             history = x_bct.new_zeros(x.shape[0], self.channels, self.kernel_size - 1)
         return torch.cat([history.to(x.dtype), x_bct], dim=-1)
 
+    def state_after(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv state after inputs x [B, T, C] from an empty history: the last W - 1 inputs as
+        [B, C, W - 1], zeros before the start (x already zero at padding)."""
+        tail = x[:, x.shape[1] - min(self.kernel_size - 1, x.shape[1]) :]
+        return self._with_history(tail, None)[..., tail.shape[1] :].contiguous()
+
     def forward(
         self,
         x: torch.Tensor,
@@ -73,14 +79,10 @@ class ShortConvolution(nn.Module):
         if info.token_mask is not None:
             # Padding reads as zero input: a left-padded row then matches the same row unpadded.
             x = x * info.token_mask[..., None].to(x.dtype)
-        keep = self.kernel_size - 1
         if state is None:
             y = causal_conv1d(x, self.weight[:, 0], cu_seqlens=info.cu_seqlens, activation=self.activation)
-            new_state = None
-            if return_state:  # the next step's history: the last W - 1 inputs, zeros before the start
-                tail = x[:, x.shape[1] - min(keep, x.shape[1]) :]
-                new_state = self._with_history(tail, None)[..., tail.shape[1] :].contiguous()
-            return y, new_state
+            return y, (self.state_after(x) if return_state else None)
+        keep = self.kernel_size - 1
         wide = torch.float64 if x.dtype == torch.float64 else torch.float32  # as the fused op computes
         padded_bct = self._with_history(x, state)
         with torch.autocast(x.device.type, enabled=False):  # conv1d is on autocast's low-precision list

@@ -91,28 +91,35 @@ class LinearRecurrentMixer(TokenMixer):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v [B, T, H, D] after projection, short conv and SiLU, with q and k L2-normalised per head.
 
-        Without a cache entry (training, scoring) the three projections run as one matmul against their
-        concatenated weights (when projections_fusable) and the conv, SiLU and norms as one fused op
-        (`qkv_features`), which rounds once after the norm. With an entry (prefill and decoding), each
-        projection goes through its own module and ShortConvolution, which carries the conv state, and the
-        conv output is rounded to the compute dtype before the norm: in bf16 the two paths can differ by one
-        rounding in q and k (in float32 they agree to roundoff; tests/test_models.py checks decoding there).
+        Without a conv state to continue from (training, scoring, the first prefill) the three projections
+        run as one matmul against their concatenated weights (when projections_fusable) and the conv, SiLU
+        and norms as one fused op (`qkv_features`), which rounds once after the norm; a cache entry then
+        receives the conv states. Continuing from a conv state (decoding, a later prefill chunk), each
+        projection goes through its own module and ShortConvolution, and the conv output is rounded to the
+        compute dtype before the norm: in bf16 the two paths can differ by one rounding in q and k (in
+        float32 they agree to roundoff; tests/test_layers.py checks decoding against a full forward).
         """
         batch, seq_len, _ = hidden_states.shape
-        if self.use_short_conv and entry is None:
-            projections = [getattr(self, f"{name}_proj") for name in self.projection_names]
+        names = self.projection_names
+        if self.use_short_conv and (entry is None or entry.get(f"conv_{names[0]}") is None):
+            if entry is not None and info.is_packed:
+                raise ValueError("conv state cannot be carried across packed documents (cu_seqlens)")
+            projections = [getattr(self, f"{name}_proj") for name in names]
             if self.projections_fusable():
                 qkv = F.linear(hidden_states, torch.cat([proj.weight for proj in projections]))  # [B, T, 3HD]
             else:
                 qkv = torch.cat([proj(hidden_states) for proj in projections], dim=-1)
             if info.token_mask is not None:
                 qkv = qkv * info.token_mask[..., None].to(qkv.dtype)  # padding reads as zero input
-            convs = [getattr(self, f"{name}_conv") for name in self.projection_names]
+            convs: list[ShortConvolution] = [getattr(self, f"{name}_conv") for name in names]
+            if entry is not None:
+                for name, conv, x in zip(names, convs, qkv.chunk(3, dim=-1)):
+                    entry.set(f"conv_{name}", conv.state_after(x))
             conv_weight = torch.cat([conv.weight[:, 0] for conv in convs])  # [3 H D, W]
             return qkv_features(qkv, conv_weight, self.num_heads, cu_seqlens=info.cu_seqlens,
                                 backend=self.backend)
         outputs = []
-        for name in self.projection_names:
+        for name in names:
             x = getattr(self, f"{name}_proj")(hidden_states)  # [B, T, H * D]
             if self.use_short_conv:
                 conv: ShortConvolution = getattr(self, f"{name}_conv")
