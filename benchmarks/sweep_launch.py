@@ -1,7 +1,8 @@
 """Sweep the Triton kernels' launch settings (warps, block sizes) on the GPU; print the best per kernel.
 
 Run: PYTHONPATH=src python benchmarks/sweep_launch.py [--out DIR]
-Times each launch alone (do_bench median) at the benchmark's long-batch and long-sequence shapes.
+Times each launch alone (do_bench median) at the benchmark's long-batch and long-sequence shapes and the
+340M model's shape; the wy rows include the inverse by 16 x 16 diagonal blocks (common.LAUNCH["wy"]).
 """
 
 import itertools
@@ -22,7 +23,7 @@ from deltanet.ops.triton.state import state_bwd, state_fwd
 from deltanet.ops.triton.wy import wy_fwd
 
 GRID = {
-    "wy": {"num_warps": [4, 8], "block_v": [32, 64]},
+    "wy": {"num_warps": [4, 8], "block_v": [32, 64], "inverse": ["doubling", "blocks16"]},
     "state": {"num_warps": [4, 8], "block_v": [32, 64]},
     "output": {"num_warps": [4, 8], "block_v": [32, 64]},
     "bwd_direct": {"num_warps": [4, 8], "block_v": [32, 64], "block_k": [64, 128]},
@@ -51,7 +52,8 @@ def setup(B, T, H, D, C=64, prec="tf32"):
 
 def main():
     out = sys.argv[sys.argv.index("--out") + 1] if "--out" in sys.argv else os.environ.get("OUT", ".")
-    shapes = [(8, 2048, 16, 128), (1, 32768, 16, 128)]
+    # the kernel benchmark's long-batch and long-sequence shapes, and the 340M model's (H=8)
+    shapes = [(8, 2048, 16, 128), (1, 32768, 16, 128), (8, 2048, 8, 128)]
     fns = {shape: setup(*shape) for shape in shapes}
     default = {name: dict(cfg) for name, cfg in LAUNCH.items()}
     results, best = [], {}

@@ -208,6 +208,33 @@ def test_triton_segmented_state_passes_match_float64_recurrence(monkeypatch, len
     assert calls.count("segmented_state_fwd") == 4 and calls.count("segmented_state_bwd") == 2
 
 
+@pytest.mark.parametrize("chunk_size", [16, 32, 64])
+def test_triton_inverse_by_diagonal_blocks_matches_float64_recurrence(monkeypatch, chunk_size):
+    """The wy launch's alternative inverse (16 x 16 diagonal blocks first), forward and backward, float32 at
+    float32 accuracy, a sequence that ends inside a chunk."""
+    from deltanet.ops.triton import wy
+    from deltanet.ops.triton.common import LAUNCH
+
+    monkeypatch.setitem(LAUNCH, "wy", {**LAUNCH["wy"], "inverse": "blocks16"})
+    launched = []
+
+    class Recorder:  # records the wy launches' INVERSE_BY_BLOCKS, then launches as usual
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launched.append(kwargs["INVERSE_BY_BLOCKS"])
+                return kernel[grid](*args, **kwargs)
+            return launch
+
+    kernel = wy.wy_fwd_kernel
+    monkeypatch.setattr(wy, "wy_fwd_kernel", Recorder())
+    q, k, v, beta, s0 = make_inputs(2, 150, 2, 16, 24, dtype=torch.float32, seed=51)
+    ref = outputs_and_grads(q, k, v, beta, s0, seed=7, backend="recurrent")
+    out = outputs_and_grads(q, k, v, beta, s0, seed=7, backend="triton", chunk_size=chunk_size,
+                            allow_tf32=False)
+    assert_close(out, ref, FP32_BOUND)
+    assert launched == [True, True]  # the forward and the backward's recomputation
+
+
 def test_triton_training_call_without_states_matches_torch_path():
     """The usual training call: no initial state, no final state (the kernels' other branches)."""
     q, k, v, beta, _ = make_inputs(2, 70, 2, 16, 16, dtype=torch.float32, seed=41)

@@ -57,7 +57,13 @@ def kernels() -> dict:
             wy_fwd_kernel,
             ["k", "v", "beta", "w", "u", "a_inv", "cu_seqlens", "chunk_indices"],
             ["T"],
-            {**BASE, "STORE_A_INV": True},
+            {**BASE, "STORE_A_INV": True, "INVERSE_BY_BLOCKS": False},
+        ),
+        "wy (inverse by 16 x 16 blocks)": (
+            wy_fwd_kernel,
+            ["k", "v", "beta", "w", "u", "a_inv", "cu_seqlens", "chunk_indices"],
+            ["T"],
+            {**BASE, "STORE_A_INV": True, "INVERSE_BY_BLOCKS": True},
         ),
         "state_fwd (fused output)": (
             state_fwd_kernel,

@@ -80,7 +80,27 @@ def dot(a, b, DOT_PRECISION: tl.constexpr):
 
 
 @triton.jit
-def unit_lower_inverse(A, BT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def diagonal_blocks_inverse(A, BT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """X_16 of unit_lower_inverse: the inverses of I + A's 16 x 16 diagonal blocks, block-diagonal [BT, BT].
+
+    The blocks are cut out as [BT / 16, 16, 16] and inverted by the same doubling with batched 16 x 16
+    products: 3 steps on BT / 16 small blocks instead of 3 steps of full [BT, BT] products.
+    """
+    NB: tl.constexpr = BT // 16
+    same_block = tl.arange(0, NB)[:, None, None, None] == tl.arange(0, NB)[None, None, :, None]
+    D = tl.sum(tl.where(same_block, tl.reshape(A, (NB, 16, NB, 16)), 0.0), axis=2)  # [NB, 16, 16]
+    rows = tl.arange(0, 16)[None, :, None]
+    cols = tl.arange(0, 16)[None, None, :]
+    X = tl.where(rows == cols, 1.0, 0.0) - tl.where((rows // 2 == cols // 2) & (rows > cols), D, 0.0)
+    for step in tl.static_range(1, 4):  # b = 2, 4, 8
+        b = 1 << step
+        lower_left = (rows // (2 * b) == cols // (2 * b)) & (rows // b > cols // b)
+        X = X - dot(X, dot(tl.where(lower_left, D, 0.0), X, DOT_PRECISION), DOT_PRECISION)
+    return tl.reshape(tl.where(same_block, X[:, :, None, :], 0.0), (BT, BT))
+
+
+@triton.jit
+def unit_lower_inverse(A, BT: tl.constexpr, DOT_PRECISION: tl.constexpr, BY_BLOCKS: tl.constexpr):
     """(I + A)^-1 for A [BT, BT] float32 strictly lower triangular, by recursive doubling.
 
     If X_b inverts the block-diagonal part of I + A with diagonal blocks of b rows, then for blocks of
@@ -89,14 +109,19 @@ def unit_lower_inverse(A, BT: tl.constexpr, DOT_PRECISION: tl.constexpr):
     Starting from X_1 = I, log2(BT) steps of two matrix products each (on the tensor cores) replace
     BT - 2 dependent row-by-row substitution steps, which ran at a few percent of the card's speed.
     This is block triangular inversion, not a truncated power series: it is exact in exact arithmetic.
+    BY_BLOCKS: reach X_16 on the 16 x 16 diagonal blocks alone (diagonal_blocks_inverse), then double on
+    the full tile; for BT = 64 that is 4 full products instead of 10 (not yet timed on a GPU).
     """
     rows = tl.arange(0, BT)[:, None]
     cols = tl.arange(0, BT)[None, :]
-    # b = 1: X_2 = I - A restricted to the entries just below the diagonal of each 2 x 2 block.
-    X = tl.where(rows == cols, 1.0, 0.0) - tl.where((rows // 2 == cols // 2) & (rows > cols), A, 0.0)
+    if BY_BLOCKS:
+        X = diagonal_blocks_inverse(A, BT, DOT_PRECISION)
+    else:
+        # b = 1: X_2 = I - A restricted to the entries just below the diagonal of each 2 x 2 block.
+        X = tl.where(rows == cols, 1.0, 0.0) - tl.where((rows // 2 == cols // 2) & (rows > cols), A, 0.0)
     for step in tl.static_range(1, 8):  # unrolled; blocks of b = 2, 4, ..., BT / 2 rows
         b = 1 << step
-        if b < BT:
+        if b < BT and (b >= 16 or not BY_BLOCKS):
             lower_left = (rows // (2 * b) == cols // (2 * b)) & (rows // b > cols // b)
             A_b = tl.where(lower_left, A, 0.0)
             X = X - dot(X, dot(A_b, X, DOT_PRECISION), DOT_PRECISION)
@@ -133,7 +158,9 @@ def chunk_tables(cu_seqlens: torch.Tensor | None, batch: int, seq_len: int, chun
 # "auto", True or False (see state.fuse_output_in_state_pass). segment_chunks: None (whole sequences) or
 # chunks per segment for the segmented state passes (segments.py; off until measured on a GPU).
 LAUNCH = {
-    "wy": {"num_warps": 4, "block_v": 64},
+    # inverse: "doubling" (full-tile recursive doubling, measured) or "blocks16" (16 x 16 diagonal blocks
+    # first, common.diagonal_blocks_inverse; correct in the interpreter, not yet timed on a GPU).
+    "wy": {"num_warps": 4, "block_v": 64, "inverse": "doubling"},
     "state": {
         "num_warps": 4, "block_v": 64, "block_v_small": 32, "fuse_output": True, "segment_chunks": None,
     },

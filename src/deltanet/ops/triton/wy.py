@@ -28,14 +28,15 @@ from deltanet.ops.triton.common import (
 
 
 @triton.jit
-def chunk_unit_lower_inverse(k_block_ptr, b_beta, BT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def chunk_unit_lower_inverse(k_block_ptr, b_beta, BT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                             INVERSE_BY_BLOCKS: tl.constexpr):
     """Load a chunk's keys, return ((I + A)^-1 in float32 [BT, BT], keys [BT, BK], beta*keys [BT, BK])."""
     b_k = tl.load(k_block_ptr, boundary_check=(0, 1))
     b_kb = (b_k * b_beta[:, None]).to(b_k.dtype)
     rows = tl.arange(0, BT)
     A = dot(b_kb, tl.trans(b_k), DOT_PRECISION)
     A = tl.where(rows[:, None] > rows[None, :], A, 0.0)  # strictly lower: token i sees earlier j only
-    return unit_lower_inverse(A, BT, DOT_PRECISION), b_k, b_kb
+    return unit_lower_inverse(A, BT, DOT_PRECISION, INVERSE_BY_BLOCKS), b_k, b_kb
 
 
 @triton.jit
@@ -44,6 +45,7 @@ def wy_fwd_kernel(
     T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     STORE_A_INV: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    INVERSE_BY_BLOCKS: tl.constexpr,
 ):
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     n, j = chunk_coordinates(i_c, chunk_indices, T, BT, IS_VARLEN)
@@ -54,7 +56,7 @@ def wy_fwd_kernel(
     b_beta = tl.load(p_beta, boundary_check=(0,)).to(tl.float32)
     p_k = tl.make_block_ptr(k + bos * H * K + i_h * K, (seq_len, K), (H * K, 1),
                             (j * BT, 0), (BT, BK), (1, 0))
-    L_inv, b_k, b_kb = chunk_unit_lower_inverse(p_k, b_beta, BT, DOT_PRECISION)
+    L_inv, b_k, b_kb = chunk_unit_lower_inverse(p_k, b_beta, BT, DOT_PRECISION, INVERSE_BY_BLOCKS)
     b_L = L_inv.to(b_k.dtype)
     if STORE_A_INV:
         # for the backward, which needs (I + A)^-1 again: [B, T, H, BT], row t of its chunk's inverse
@@ -90,6 +92,7 @@ def wy_fwd(k, v, beta, cu_seqlens, chunk_indices, num_chunks, seq_len, chunk_siz
         k, v, beta, w, u, a_inv, cu_seqlens, chunk_indices,
         seq_len, H, K, V, chunk_size, block_dim(K), BV,
         STORE_A_INV=store_a_inv, IS_VARLEN=cu_seqlens is not None, DOT_PRECISION=dot_precision,
+        INVERSE_BY_BLOCKS=LAUNCH["wy"]["inverse"] == "blocks16",
         num_warps=LAUNCH["wy"]["num_warps"], num_stages=num_stages_for(k.dtype),
     )
     return w, u, a_inv
