@@ -1,6 +1,6 @@
 """Time each Triton launch of chunk_delta_rule separately (GPU), to see where the time goes.
 
-Run: PYTHONPATH=src python benchmarks/profile_stages.py [--segments (whole vs segmented state passes)]
+Run: PYTHONPATH=src python benchmarks/profile_stages.py
 """
 
 import sys
@@ -19,34 +19,6 @@ from deltanet.ops.triton.wy import wy_fwd
 
 def bench(fn):
     return do_bench(fn, warmup=10, rep=50, return_mode="median")
-
-
-def segments_probe():
-    """The whole op, forward and forward+backward, with the state passes whole or in segments."""
-    from deltanet.ops import chunk_delta_rule
-    from deltanet.ops.triton.common import LAUNCH
-
-    for B, T in [(1, 32768), (1, 16384), (2, 8192)]:
-        q, k, v, beta = make_inputs(B, T, 16, 128)  # bf16, requires grad
-        do = torch.randn_like(v)
-        reference = None
-        for segment_chunks in (None, 64, 32, 16):
-            LAUNCH["state"]["segment_chunks"] = segment_chunks
-
-            def fwd():
-                with torch.no_grad():
-                    return chunk_delta_rule(q, k, v, beta, backend="triton")[0]
-
-            def fwd_bwd():
-                o = chunk_delta_rule(q, k, v, beta, backend="triton")[0]
-                return torch.autograd.grad(o, (q, k, v, beta), do)
-
-            out = fwd()
-            reference = out if reference is None else reference
-            diff = ((out.float() - reference.float()).norm() / reference.float().norm()).item()
-            print(f"B={B} T={T} segment_chunks={segment_chunks}: fwd {bench(fwd):.3f} ms, "
-                  f"f+b {bench(fwd_bwd):.3f} ms, o vs whole {diff:.1e}", flush=True)
-        LAUNCH["state"]["segment_chunks"] = None
 
 
 def stages(B, T, H, D, C=64, prec="tf32", lengths=None):
@@ -88,9 +60,6 @@ def stages(B, T, H, D, C=64, prec="tf32", lengths=None):
 
 
 if __name__ == "__main__":
-    if "--segments" in sys.argv:
-        segments_probe()
-        sys.exit(0)
     from deltanet.benchmarks.kernels import VARLEN_LENGTHS
 
     cases = [((8, 2048, 16, 128), None), ((1, 32768, 16, 128), None), ((8, 2048, 8, 64), None),

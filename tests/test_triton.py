@@ -172,42 +172,6 @@ def test_triton_recurrent_steps_continue_a_chunked_prefill():
     assert rel_err(state, s_ref) <= FP32_BOUND
 
 
-@pytest.mark.parametrize("lengths", [None, [1, 150, 0, 64, 97]])
-def test_triton_segmented_state_passes_match_float64_recurrence(monkeypatch, lengths):
-    """Sequences cut into segments of 1 chunk whose passes run in parallel, then composed."""
-    from deltanet.ops.triton import chunk as triton_chunk
-    from deltanet.ops.triton.common import LAUNCH
-
-    monkeypatch.setitem(LAUNCH, "state", {**LAUNCH["state"], "segment_chunks": 1})
-    calls = []
-
-    def spy(name):
-        original = getattr(triton_chunk, name)
-
-        def recorded(*args, **kwargs):
-            calls.append(name)
-            return original(*args, **kwargs)
-
-        monkeypatch.setattr(triton_chunk, name, recorded)
-
-    spy("segmented_state_fwd")
-    spy("segmented_state_bwd")
-    if lengths is None:
-        cu, (q, k, v, beta, s0) = None, make_inputs(2, 150, 2, 16, 24, dtype=torch.float32, seed=31)
-    else:
-        cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
-        q, k, v, beta, _ = make_inputs(1, sum(lengths), 2, 16, 24, dtype=torch.float32, seed=32)
-        s0 = make_inputs(1, 1, 2, 16, 24, dtype=torch.float32, seed=33, num_states=len(lengths))[4]
-    ref = outputs_and_grads(q, k, v, beta, s0, seed=6, backend="recurrent", cu_seqlens=cu)
-    for fuse_output in (True, False):
-        monkeypatch.setitem(LAUNCH, "state", {**LAUNCH["state"], "fuse_output": fuse_output})
-        out = outputs_and_grads(q, k, v, beta, s0, seed=6, backend="triton", cu_seqlens=cu, chunk_size=32,
-                                allow_tf32=False)
-        assert_close(out, ref, FP32_BOUND)
-    # The forward, and the backward's recomputation and reverse pass, went through the segments each time.
-    assert calls.count("segmented_state_fwd") == 4 and calls.count("segmented_state_bwd") == 2
-
-
 @pytest.mark.parametrize("chunk_size", [16, 32, 64])
 def test_triton_inverse_by_diagonal_blocks_matches_float64_recurrence(monkeypatch, chunk_size):
     """The wy launch's alternative inverse (16 x 16 diagonal blocks first), forward and backward, float32 at

@@ -75,22 +75,18 @@ def kernels() -> dict:
                 "STORE_FINAL_STATE": True,
                 "FUSE_OUTPUT": True,
                 "STORE_STATES": False,
-                "HAS_U": True,
-                "IDENTITY_START": False,
             },
         ),
-        "state_fwd (transition)": (
+        "state_fwd (states for the backward)": (
             state_fwd_kernel,
             ["q", "k", "w", "u", "h", "u_tilde", "o", "h0", "ht", "cu_seqlens", "chunk_offsets"],
             ["scale", "T"],
             {
                 **BASE,
-                "HAS_INITIAL_STATE": False,
-                "STORE_FINAL_STATE": True,
+                "HAS_INITIAL_STATE": True,
+                "STORE_FINAL_STATE": False,
                 "FUSE_OUTPUT": False,
                 "STORE_STATES": True,
-                "HAS_U": False,
-                "IDENTITY_START": True,
             },
         ),
         "state_bwd": (
@@ -101,9 +97,6 @@ def kernels() -> dict:
                 **BASE,
                 "HAS_FINAL_STATE_GRAD": True,
                 "STORE_INITIAL_STATE_GRAD": True,
-                "STORE_STATES": True,
-                "HAS_DO": True,
-                "IDENTITY_START": False,
             },
         ),
         "output": (

@@ -9,7 +9,6 @@ Backward:  wy.py and state.py again (recompute: the forward saves only q, k, v, 
            state.py   the reverse pass: state gradients dh, dU~
            backward.py  dq, dk, dv, dbeta per chunk, through the UT transform (two launches)
 Decoding:  recurrent.py  token-by-token steps against a cached state
-segments.py runs the state passes in parallel segments (long sequences, few heads; off by default),
 common.py holds the indexing helpers, the inverse and the launch settings, and chunk.py registers the
 chunked forward and backward as PyTorch custom ops.
 """

@@ -17,9 +17,8 @@ import torch
 from deltanet.ops.backends import check_triton_dtype
 from deltanet.ops.l2norm import l2_normalize
 from deltanet.ops.triton.backward import chunk_bwd
-from deltanet.ops.triton.common import LAUNCH, call_op, chunk_tables, eager_autograd, kernel_op
+from deltanet.ops.triton.common import call_op, chunk_tables, eager_autograd, kernel_op
 from deltanet.ops.triton.output import output_fwd
-from deltanet.ops.triton.segments import segment_chunks_for, segmented_state_bwd, segmented_state_fwd
 from deltanet.ops.triton.state import fuse_output_in_state_pass, state_bwd, state_fwd
 from deltanet.ops.triton.wy import wy_fwd
 
@@ -33,30 +32,12 @@ def _plan(q, cu_seqlens, chunk_size):
     return num_seqs, num_chunks, chunk_indices, chunk_offsets
 
 
-def _segment_chunks(k, V, plan, cu_seqlens, chunk_size):
-    """Chunks per segment for the state passes, or None to run them whole (segments.py)."""
-    if LAUNCH["state"]["segment_chunks"] is None:
-        return None
-    num_seqs, _, _, chunk_offsets = plan
-    B, T, H, K = k.shape
-    if cu_seqlens is None:
-        longest = -(-T // chunk_size)
-    else:
-        longest = int((chunk_offsets[1:] - chunk_offsets[:-1]).max())
-    return segment_chunks_for(V, K, num_seqs, H, longest, k.device)
-
-
 def _state_fwd(k, w, u, initial_state, output_final_state, cu_seqlens, chunk_size, dot_precision, plan,
                **fused):
-    """state.state_fwd, or its segmented form when that pays (same arguments and results)."""
+    """state.state_fwd with the plan's sizes."""
     num_seqs, num_chunks, _, chunk_offsets = plan
-    T = k.shape[1]
-    segment_chunks = _segment_chunks(k, u.shape[-1], plan, cu_seqlens, chunk_size)
-    if segment_chunks is not None:
-        return segmented_state_fwd(k, w, u, initial_state, output_final_state, cu_seqlens, num_seqs,
-                                   num_chunks, T, chunk_size, dot_precision, segment_chunks, **fused)
     return state_fwd(k, w, u, initial_state, output_final_state, cu_seqlens, chunk_offsets, num_seqs,
-                     num_chunks, T, chunk_size, dot_precision, **fused)
+                     num_chunks, k.shape[1], chunk_size, dot_precision, **fused)
 
 
 def _recompute_forward(k, v, beta, initial_state, cu_seqlens, chunk_size, dot_precision, plan):
@@ -113,18 +94,10 @@ def chunk_delta_rule_bwd(
     plan = _plan(q, cu_seqlens, chunk_size)
     num_seqs, num_chunks, chunk_indices, chunk_offsets = plan
     recomputed = _recompute_forward(k, v, beta, initial_state, cu_seqlens, chunk_size, dot_precision, plan)
-    segment_chunks = _segment_chunks(k, v.shape[-1], plan, cu_seqlens, chunk_size)
-    if segment_chunks is not None:
-        recomputed["dh"], recomputed["du_tilde"], dh0 = segmented_state_bwd(
-            q, k, recomputed["w"], do, dht, need_initial_state_grad, scale, cu_seqlens, num_seqs, num_chunks,
-            T, chunk_size, dot_precision, segment_chunks,
-        )
-    else:
-        recomputed["dh"], recomputed["du_tilde"], dh0 = state_bwd(
-            q, k, recomputed["w"], do, dht, need_initial_state_grad, scale, cu_seqlens, chunk_offsets,
-            num_seqs, num_chunks, T, chunk_size, dot_precision,
-        )
-    # chunk_bwd frees the intermediates as it goes; no other reference to them may stay alive here.
+    recomputed["dh"], recomputed["du_tilde"], dh0 = state_bwd(
+        q, k, recomputed["w"], do, dht, need_initial_state_grad, scale, cu_seqlens, chunk_offsets,
+        num_seqs, num_chunks, T, chunk_size, dot_precision,
+    )
     dq, dk, dv, dbeta = chunk_bwd(q, k, v, beta, do, recomputed, scale, cu_seqlens, chunk_indices, num_chunks,
                                   T, chunk_size, dot_precision)
     if dh0 is None:

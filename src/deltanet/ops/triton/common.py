@@ -151,19 +151,15 @@ def chunk_tables(cu_seqlens: torch.Tensor | None, batch: int, seq_len: int, chun
 
 
 # Launch settings per kernel, chosen from timings on an H100 (docs/kernels.md); benchmarks/sweep_launch.py
-# overrides them to sweep, benchmarks/profile_stages.py --segments sets segment_chunks.
-# block_v: value columns per program (capped by the value dim).
+# overrides them to sweep. block_v: value columns per program (capped by the value dim).
 # The state passes use block_v when that gives at least one program per multiprocessor, else
 # block_v_small (more programs for the sequential pass: long sequences with few heads). fuse_output:
-# "auto", True or False (see state.fuse_output_in_state_pass). segment_chunks: None (whole sequences) or
-# chunks per segment for the segmented state passes (segments.py; off until measured on a GPU).
+# "auto", True or False (see state.fuse_output_in_state_pass).
 LAUNCH = {
     # inverse: "doubling" (full-tile recursive doubling, measured) or "blocks16" (16 x 16 diagonal blocks
     # first, common.diagonal_blocks_inverse; correct in the interpreter, not yet timed on a GPU).
     "wy": {"num_warps": 4, "block_v": 64, "inverse": "doubling"},
-    "state": {
-        "num_warps": 4, "block_v": 64, "block_v_small": 32, "fuse_output": True, "segment_chunks": None,
-    },
+    "state": {"num_warps": 4, "block_v": 64, "block_v_small": 32, "fuse_output": True},
     "output": {"num_warps": 4, "block_v": 64},
     "bwd_direct": {"num_warps": 4, "block_v": 64, "block_k": 64},
     "bwd_through_wy": {"num_warps": 4, "block_v": 64},

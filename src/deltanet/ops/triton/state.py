@@ -32,27 +32,15 @@ from deltanet.ops.triton.common import (
 
 
 @triton.jit
-def identity_block(i_v, K, BK: tl.constexpr, BV: tl.constexpr):
-    """Columns [i_v * BV, (i_v + 1) * BV) of the K x K identity as a float32 [BK, BV] tile (zero padding)."""
-    rows = tl.arange(0, BK)[:, None]
-    cols = i_v * BV + tl.arange(0, BV)[None, :]
-    return ((rows == cols) & (rows < K)).to(tl.float32)
-
-
-@triton.jit
 def state_fwd_kernel(
     q, k, w, u, h, u_tilde, o, h0, ht, cu_seqlens, chunk_offsets, scale,
     T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr, FUSE_OUTPUT: tl.constexpr,
-    STORE_STATES: tl.constexpr, HAS_U: tl.constexpr, IDENTITY_START: tl.constexpr,
-    IS_VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    STORE_STATES: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """FUSE_OUTPUT: also write o = scale (Q S + tril(Q K^T) U~) for each chunk (the forward's use).
-    STORE_STATES: write h and U~ (for the backward, or for the separate output launch).
-    HAS_U=False: U = 0, so the pass maps its initial state through the chunks' transitions only;
-    IDENTITY_START: start from the identity (V = K) built in registers. With both, the final state is
-    the run's transition matrix (segments.py)."""
+    STORE_STATES: write h and U~ (for the backward, or for the separate output launch)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     n, i_h = i_nh // H, i_nh % H
     bos, seq_len = sequence_bounds(n, cu_seqlens, T, IS_VARLEN)
@@ -60,8 +48,6 @@ def state_fwd_kernel(
     rows = tl.arange(0, BT)
 
     S = tl.zeros([BK, BV], dtype=tl.float32)
-    if IDENTITY_START:
-        S += identity_block(i_v, K, BK, BV)
     if HAS_INITIAL_STATE:
         p_h0 = tl.make_block_ptr(h0 + i_nh.to(tl.int64) * K * V, (K, V), (V, 1),
                                  (0, i_v * BV), (BK, BV), (1, 0))
@@ -75,11 +61,9 @@ def state_fwd_kernel(
         b_w = tl.load(p_w, boundary_check=(0, 1))
         b_k = tl.load(p_k, boundary_check=(0, 1))
         b_S = S.to(b_w.dtype)
-        b_ut = -dot(b_w, b_S, DOT_PRECISION)
-        if HAS_U:
-            p_u = tl.make_block_ptr(u + bos * H * V + i_h * V, (seq_len, V), (H * V, 1),
-                                    (j * BT, i_v * BV), (BT, BV), (1, 0))
-            b_ut += tl.load(p_u, boundary_check=(0, 1)).to(tl.float32)
+        p_u = tl.make_block_ptr(u + bos * H * V + i_h * V, (seq_len, V), (H * V, 1),
+                                (j * BT, i_v * BV), (BT, BV), (1, 0))
+        b_ut = tl.load(p_u, boundary_check=(0, 1)).to(tl.float32) - dot(b_w, b_S, DOT_PRECISION)
         if FUSE_OUTPUT:
             p_q = tl.make_block_ptr(q + bos * H * K + i_h * K, (seq_len, K), (H * K, 1),
                                     (j * BT, 0), (BT, BK), (1, 0))
@@ -111,12 +95,10 @@ def state_bwd_kernel(
     T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_FINAL_STATE_GRAD: tl.constexpr, STORE_INITIAL_STATE_GRAD: tl.constexpr,
-    STORE_STATES: tl.constexpr, HAS_DO: tl.constexpr, IDENTITY_START: tl.constexpr,
     IS_VARLEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """STORE_STATES: write dh and dU~. HAS_DO=False: dO = 0, so the pass maps the final-state gradient
-    through the chunks' transitions only; IDENTITY_START: start from the identity (V = K), so that with
-    both the result is the run's transition matrix (segments.py)."""
+    """The reverse pass: writes dh and dU~ per chunk (the per-chunk backward reads them) and, if asked, the
+    initial state's gradient."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     n, i_h = i_nh // H, i_nh % H
     bos, seq_len = sequence_bounds(n, cu_seqlens, T, IS_VARLEN)
@@ -124,8 +106,6 @@ def state_bwd_kernel(
     rows = tl.arange(0, BT)
 
     G = tl.zeros([BK, BV], dtype=tl.float32)
-    if IDENTITY_START:
-        G += identity_block(i_v, K, BK, BV)
     if HAS_FINAL_STATE_GRAD:
         p_dht = tl.make_block_ptr(dht + i_nh.to(tl.int64) * K * V, (K, V), (V, 1),
                                   (0, i_v * BV), (BK, BV), (1, 0))
@@ -133,32 +113,29 @@ def state_bwd_kernel(
     num_chunks = tl.cdiv(seq_len, BT)
     for jj in range(num_chunks):
         j = num_chunks - 1 - jj
-        if STORE_STATES:
-            p_dh = tl.make_block_ptr(dh + ((c0 + j) * H + i_h) * K * V, (K, V), (V, 1),
-                                     (0, i_v * BV), (BK, BV), (1, 0))
-            tl.store(p_dh, G.to(p_dh.dtype.element_ty), boundary_check=(0, 1))
+        p_dh = tl.make_block_ptr(dh + ((c0 + j) * H + i_h) * K * V, (K, V), (V, 1),
+                                 (0, i_v * BV), (BK, BV), (1, 0))
+        tl.store(p_dh, G.to(p_dh.dtype.element_ty), boundary_check=(0, 1))
         p_k = tl.make_block_ptr(k + bos * H * K + i_h * K, (seq_len, K), (H * K, 1),
                                 (j * BT, 0), (BT, BK), (1, 0))
         p_w = tl.make_block_ptr(w + bos * H * K + i_h * K, (seq_len, K), (H * K, 1),
                                 (j * BT, 0), (BT, BK), (1, 0))
         b_k = tl.load(p_k, boundary_check=(0, 1))
         b_du = dot(b_k, G.to(b_k.dtype), DOT_PRECISION)
-        if HAS_DO:
-            p_q = tl.make_block_ptr(q + bos * H * K + i_h * K, (seq_len, K), (H * K, 1),
-                                    (j * BT, 0), (BT, BK), (1, 0))
-            p_do = tl.make_block_ptr(do + bos * H * V + i_h * V, (seq_len, V), (H * V, 1),
-                                     (j * BT, i_v * BV), (BT, BV), (1, 0))
-            b_q = tl.load(p_q, boundary_check=(0, 1))
-            b_do = tl.load(p_do, boundary_check=(0, 1))
-            # M^T[i, j] = q_j . k_i for i <= j: how token i's correction reaches later outputs.
-            b_mt = dot(b_k, tl.trans(b_q), DOT_PRECISION)
-            b_mt = tl.where(rows[:, None] <= rows[None, :], b_mt, 0.0).to(b_q.dtype)
-            b_du += scale * dot(b_mt, b_do, DOT_PRECISION)
-            G += scale * dot(tl.trans(b_q), b_do, DOT_PRECISION)
-        if STORE_STATES:
-            p_du = tl.make_block_ptr(du_tilde + bos * H * V + i_h * V, (seq_len, V), (H * V, 1),
-                                     (j * BT, i_v * BV), (BT, BV), (1, 0))
-            tl.store(p_du, b_du.to(p_du.dtype.element_ty), boundary_check=(0, 1))
+        p_q = tl.make_block_ptr(q + bos * H * K + i_h * K, (seq_len, K), (H * K, 1),
+                                (j * BT, 0), (BT, BK), (1, 0))
+        p_do = tl.make_block_ptr(do + bos * H * V + i_h * V, (seq_len, V), (H * V, 1),
+                                 (j * BT, i_v * BV), (BT, BV), (1, 0))
+        b_q = tl.load(p_q, boundary_check=(0, 1))
+        b_do = tl.load(p_do, boundary_check=(0, 1))
+        # M^T[i, j] = q_j . k_i for i <= j: how token i's correction reaches later outputs.
+        b_mt = dot(b_k, tl.trans(b_q), DOT_PRECISION)
+        b_mt = tl.where(rows[:, None] <= rows[None, :], b_mt, 0.0).to(b_q.dtype)
+        b_du += scale * dot(b_mt, b_do, DOT_PRECISION)
+        G += scale * dot(tl.trans(b_q), b_do, DOT_PRECISION)
+        p_du = tl.make_block_ptr(du_tilde + bos * H * V + i_h * V, (seq_len, V), (H * V, 1),
+                                 (j * BT, i_v * BV), (BT, BV), (1, 0))
+        tl.store(p_du, b_du.to(p_du.dtype.element_ty), boundary_check=(0, 1))
         b_w = tl.load(p_w, boundary_check=(0, 1))
         G -= dot(tl.trans(b_w), b_du.to(b_w.dtype), DOT_PRECISION)
     if STORE_INITIAL_STATE_GRAD:
@@ -189,44 +166,6 @@ def fuse_output_in_state_pass(V: int, K: int, num_seqs: int, H: int, device: tor
     return num_seqs * H * cdiv(V, BV) >= multiprocessor_count(device)
 
 
-def launch_state_fwd(k, w, u, V, initial_state, final_state, cu_seqlens, chunk_offsets, num_seqs, seq_len,
-                     chunk_size, dot_precision, h=None, u_tilde=None, q=None, o=None, scale=1.0,
-                     identity_start=False):
-    """One forward state pass over num_seqs sequences (or segments) with value width V; u None means U = 0;
-    identity_start: begin from the K x K identity (V = K) instead of initial_state or zeros.
-    Writes whichever of final_state, h and U~ (both or neither), o (with q) are given."""
-    H, K = k.shape[2], k.shape[3]
-    BV = value_block(V, K, num_seqs, H, k.device)
-    state_fwd_kernel[(cdiv(V, BV), num_seqs * H)](
-        q, k, w, u, h, u_tilde, o, initial_state, final_state, cu_seqlens, chunk_offsets, scale,
-        seq_len, H, K, V, chunk_size, block_dim(K), BV,
-        HAS_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=final_state is not None,
-        FUSE_OUTPUT=q is not None, STORE_STATES=h is not None, HAS_U=u is not None,
-        IDENTITY_START=identity_start,
-        IS_VARLEN=cu_seqlens is not None, DOT_PRECISION=dot_precision,
-        num_warps=LAUNCH["state"]["num_warps"], num_stages=num_stages_for(k.dtype),
-    )
-
-
-def launch_state_bwd(q, k, w, do, V, final_state_grad, initial_state_grad, cu_seqlens, chunk_offsets,
-                     num_seqs, seq_len, chunk_size, dot_precision, scale, dh=None, du_tilde=None,
-                     identity_start=False):
-    """One reverse state pass over num_seqs sequences (or segments) with value width V; do None means dO = 0;
-    identity_start: begin from the K x K identity (V = K) instead of final_state_grad or zeros.
-    Writes whichever of initial_state_grad, dh and dU~ (both or neither) are given."""
-    H, K = k.shape[2], k.shape[3]
-    BV = value_block(V, K, num_seqs, H, k.device)
-    state_bwd_kernel[(cdiv(V, BV), num_seqs * H)](
-        q, k, w, do, dh, du_tilde, final_state_grad, initial_state_grad, cu_seqlens, chunk_offsets, scale,
-        seq_len, H, K, V, chunk_size, block_dim(K), BV,
-        HAS_FINAL_STATE_GRAD=final_state_grad is not None,
-        STORE_INITIAL_STATE_GRAD=initial_state_grad is not None,
-        STORE_STATES=dh is not None, HAS_DO=do is not None, IDENTITY_START=identity_start,
-        IS_VARLEN=cu_seqlens is not None, DOT_PRECISION=dot_precision,
-        num_warps=LAUNCH["state"]["num_warps"], num_stages=num_stages_for(k.dtype),
-    )
-
-
 def state_fwd(k, w, u, initial_state, output_final_state, cu_seqlens, chunk_offsets, num_seqs,
               num_chunks, seq_len, chunk_size, dot_precision, q=None, scale=1.0, out_dtype=None):
     """Without q: -> h [num_chunks, H, K, V] (dtype of k), U~ like u, final state [N, H, K, V] float32
@@ -237,8 +176,15 @@ def state_fwd(k, w, u, initial_state, output_final_state, cu_seqlens, chunk_offs
     u_tilde = None if fuse else torch.empty_like(u)
     o = u.new_empty(u.shape, dtype=out_dtype) if fuse else None
     final_state = k.new_empty(num_seqs, H, K, V, dtype=torch.float32) if output_final_state else None
-    launch_state_fwd(k, w, u, V, initial_state, final_state, cu_seqlens, chunk_offsets, num_seqs, seq_len,
-                     chunk_size, dot_precision, h=h, u_tilde=u_tilde, q=q, o=o, scale=scale)
+    BV = value_block(V, K, num_seqs, H, k.device)
+    state_fwd_kernel[(cdiv(V, BV), num_seqs * H)](
+        q, k, w, u, h, u_tilde, o, initial_state, final_state, cu_seqlens, chunk_offsets, scale,
+        seq_len, H, K, V, chunk_size, block_dim(K), BV,
+        HAS_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=final_state is not None,
+        FUSE_OUTPUT=fuse, STORE_STATES=not fuse, IS_VARLEN=cu_seqlens is not None,
+        DOT_PRECISION=dot_precision,
+        num_warps=LAUNCH["state"]["num_warps"], num_stages=num_stages_for(k.dtype),
+    )
     return (o, None, final_state) if fuse else (h, u_tilde, final_state)
 
 
@@ -249,6 +195,12 @@ def state_bwd(q, k, w, do, final_state_grad, need_initial_state_grad, scale, cu_
     dh = q.new_empty(num_chunks, H, K, V)
     du_tilde = torch.empty_like(do)
     dh0 = q.new_empty(num_seqs, H, K, V, dtype=torch.float32) if need_initial_state_grad else None
-    launch_state_bwd(q, k, w, do, V, final_state_grad, dh0, cu_seqlens, chunk_offsets, num_seqs, seq_len,
-                     chunk_size, dot_precision, scale, dh=dh, du_tilde=du_tilde)
+    BV = value_block(V, K, num_seqs, H, k.device)
+    state_bwd_kernel[(cdiv(V, BV), num_seqs * H)](
+        q, k, w, do, dh, du_tilde, final_state_grad, dh0, cu_seqlens, chunk_offsets, scale,
+        seq_len, H, K, V, chunk_size, block_dim(K), BV,
+        HAS_FINAL_STATE_GRAD=final_state_grad is not None, STORE_INITIAL_STATE_GRAD=dh0 is not None,
+        IS_VARLEN=cu_seqlens is not None, DOT_PRECISION=dot_precision,
+        num_warps=LAUNCH["state"]["num_warps"], num_stages=num_stages_for(k.dtype),
+    )
     return dh, du_tilde, dh0
