@@ -1,9 +1,9 @@
 """Time the short-conv kernels at the 340M model's shape for several tile settings (GPU).
 
 Each launch alone (`do_bench` median) and its achieved bandwidth (bytes each kernel must move over the
-time): forward (read x, write y), dz (read x and dy, write float32 dz), dx (read dz, write dx). On 2026-11-27
-the op's forward+backward over [8, 2048, 3072] bf16 took 0.86 ms on an H100, about 2.5x its memory time:
-this finds which launch is slow and which tiles fix it.
+time): forward (read x, write y), dz (read x and dy, write float32 dz), dx and dw (read dz and x, write
+dx). On 2026-11-27 the op's forward+backward over [8, 2048, 3072] bf16 took 0.86 ms on an H100, about 2.5x
+its memory time: this finds which launch is slow and which tiles fix it.
 
 Run: PYTHONPATH=src python benchmarks/sweep_conv.py [--shape 8x2048x1024]
 """
@@ -31,7 +31,7 @@ def main(argv=None):
     dy = torch.randn(B, T, C, device="cuda", generator=g).to(torch.bfloat16)
     weight = torch.randn(C, 4, device="cuda", generator=g)
     n = B * T * C
-    moved = {"fwd": 2 * n * 2, "dz": 2 * n * 2 + n * 4, "dx": n * 4 + n * 2}  # bytes each launch must move
+    moved = {"fwd": 2 * n * 2, "dz": 2 * n * 2 + n * 4, "dx": n * 4 + 2 * n * 2}  # bytes each launch moves
     reference_dx, reference_dw = short_conv.short_conv_bwd(x, weight, None, True, dy)
     print(f"{torch.cuda.get_device_name()}: B={B} T={T} C={C} bf16, W=4, SiLU")
     print(f"{'launch':<6} {'block_t':>7} {'block_c':>7} {'warps':>5} {'us':>8} {'TB/s':>6}")

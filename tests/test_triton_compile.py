@@ -36,15 +36,11 @@ def kernels() -> dict:
     from deltanet.ops.triton.backward import bwd_direct_kernel, bwd_through_wy_kernel
     from deltanet.ops.triton.cross_entropy import cross_entropy_bwd_kernel, cross_entropy_fwd_kernel
     from deltanet.ops.triton.output import output_kernel
-    from deltanet.ops.triton.qkv_features import (
-        conv_dx_dw_kernel,
-        qkv_features_dz_kernel,
-        qkv_features_fwd_kernel,
-    )
+    from deltanet.ops.triton.qkv_features import qkv_features_dz_kernel, qkv_features_fwd_kernel
     from deltanet.ops.triton.recurrent import recurrent_fwd_kernel
     from deltanet.ops.triton.row_norm import row_norm_bwd_kernel, row_norm_fwd_kernel
     from deltanet.ops.triton.short_conv import (
-        short_conv_dx_kernel,
+        short_conv_dx_dw_kernel,
         short_conv_dz_kernel,
         short_conv_fwd_kernel,
     )
@@ -168,15 +164,15 @@ def kernels() -> dict:
         ),
         "short_conv_dz": (
             short_conv_dz_kernel,
-            ["x", "weight", "doc_position", "dy", "dz", "dweight_partial"],
+            ["x", "weight", "doc_position", "dy", "dz"],
             ["T", "C"],
             {"W": 4, "BLOCK_T": 32, "BLOCK_C": 128, "IS_VARLEN": True, "SILU": True},
         ),
-        "short_conv_dx": (
-            short_conv_dx_kernel,
-            ["dz", "weight", "doc_position", "dx"],
+        "short_conv_dx_dw": (
+            short_conv_dx_dw_kernel,
+            ["dz", "x", "weight", "doc_position", "dx", "dweight_partial"],
             ["T", "C"],
-            {"W": 4, "BLOCK_T": 32, "BLOCK_C": 128, "IS_VARLEN": True},
+            {"W": 4, "BLOCK_T": 64, "BLOCK_C": 128, "IS_VARLEN": True},
         ),
         "qkv_features_fwd": (
             qkv_features_fwd_kernel,
@@ -189,12 +185,6 @@ def kernels() -> dict:
             ["x", "weight", "doc_position", "dq", "dk", "dv", "dz"],
             ["T", "H", "D", "eps"],
             {"W": 4, "BLOCK_T": 16, "BLOCK_D": 128, "IS_VARLEN": True, "NORMALIZE_QK": True},
-        ),
-        "conv_dx_dw": (
-            conv_dx_dw_kernel,
-            ["dz", "x", "weight", "doc_position", "dx", "dweight_partial"],
-            ["T", "C"],
-            {"W": 4, "BLOCK_T": 64, "BLOCK_C": 128, "IS_VARLEN": True},
         ),
         "row_norm_fwd": (
             row_norm_fwd_kernel,

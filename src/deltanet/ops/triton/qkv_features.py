@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from deltanet.ops.triton.common import call_op, cdiv, eager_autograd, kernel_op, next_power_of_2
-from deltanet.ops.triton.short_conv import conv_tile
+from deltanet.ops.triton.short_conv import conv_tile, short_conv_dx_dw
 
 # Tokens per program; a program covers one head (BLOCK_D = next power of two of D channels); dx/dw tiles
 # over all 3HD channels. From benchmarks/sweep_qkv_features.py on an H100 (2026-11-27, [8, 2048, 3 x 8 x 128]
@@ -133,36 +133,6 @@ def qkv_features_dz_kernel(
     tl.store(dz + base + offsets, b_dz, mask=mask_t[:, None] & mask_d[None, :])
 
 
-@triton.jit
-def conv_dx_dw_kernel(
-    dz, x, weight, doc_position, dx, dweight_partial,
-    T, C, W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, IS_VARLEN: tl.constexpr,
-):
-    """dx_s = sum_i w[W - 1 - i] dz_{s + i}, and this tile's partial sums of
-    dw[W - 1 - i] = sum_s dz_{s + i} x_s (the same shifted dz tiles, one load of x): both over the outputs
-    s + i that read x_s (in range, in s's document)."""
-    i_t, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_t, mask_c = offs_t < T, offs_c < C
-    base = i_b.to(tl.int64) * T * C
-    offsets = offs_t.to(tl.int64)[:, None] * C + offs_c[None, :]
-    b_x = tl.load(x + base + offsets, mask=mask_t[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
-    p_dw = dweight_partial + (i_b.to(tl.int64) * tl.cdiv(T, BLOCK_T) + i_t) * C * W + offs_c * W
-    b_dx = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
-    for i in tl.static_range(W):
-        rows = offs_t + i
-        valid = mask_t & (rows < T)
-        if IS_VARLEN:
-            valid = valid & (tl.load(doc_position + rows, mask=valid, other=0) >= i)
-        w_i = tl.load(weight + offs_c * W + (W - 1 - i), mask=mask_c, other=0.0)
-        dz_offsets = rows.to(tl.int64)[:, None] * C + offs_c[None, :]
-        dz_i = tl.load(dz + base + dz_offsets, mask=valid[:, None] & mask_c[None, :], other=0.0)
-        b_dx += dz_i * w_i[None, :]
-        tl.store(p_dw + (W - 1 - i), tl.sum(dz_i * b_x, axis=0), mask=mask_c)
-    tl.store(dx + base + offsets, b_dx.to(dx.dtype.element_ty), mask=mask_t[:, None] & mask_c[None, :])
-
-
 def qkv_features_fwd_launch(x, weight, doc_position, num_heads: int, normalize_qk: bool, eps: float):
     """x [B, T, 3HD] and weight [3HD, W] float32, both contiguous -> q, k, v [B, T, H, D] in x's dtype."""
     B, T, C = x.shape
@@ -192,16 +162,7 @@ def qkv_features_bwd_launch(x, weight, doc_position, num_heads: int, normalize_q
         x, weight, doc_position, dq, dk, dv, dz, T, H, D, eps, W, block_t, max(16, next_power_of_2(D)),
         IS_VARLEN=is_varlen, NORMALIZE_QK=normalize_qk, num_warps=LAUNCH["bwd"]["num_warps"],
     )
-    launch = LAUNCH["dx"]
-    block_t = min(launch["block_t"], max(16, next_power_of_2(T)))
-    block_c = min(launch["block_c"], max(16, next_power_of_2(C)))
-    dx = torch.empty_like(x)
-    dweight_partial = x.new_empty(B * cdiv(T, block_t), C, W, dtype=torch.float32)  # every entry is written
-    conv_dx_dw_kernel[(cdiv(T, block_t), cdiv(C, block_c), B)](
-        dz, x, weight, doc_position, dx, dweight_partial, T, C, W, block_t, block_c,
-        IS_VARLEN=is_varlen, num_warps=launch["num_warps"],
-    )
-    return dx, dweight_partial.sum(0)
+    return short_conv_dx_dw(dz, x, weight, doc_position, LAUNCH["dx"])
 
 
 # Custom ops (a fake implementation for shapes, an autograd formula): no graph break under torch.compile.

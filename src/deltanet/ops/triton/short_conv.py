@@ -15,10 +15,12 @@ guarded by that one comparison.
 
 One program per tile of BLOCK_T tokens x BLOCK_C channels of one batch row. The forward loads the tile W
 times, shifted by 0 .. W - 1 tokens (the overlaps hit in cache). The backward takes two launches: the first
-recomputes z from the same W taps, writes dz (float32) and its tile's partial sums of dw [BLOCK_C, W] into a
-float32 buffer [B * cdiv(T, BLOCK_T), C, W] that PyTorch sums (no atomics: deterministic); the second sums W
-shifted tiles of dz into dx. (A first version did it in one launch by recomputing dz for the W - 1 shifted
-tiles, W^2 + 2W tile loads: 200 us for a [8, 2048, 1024] bf16 input on an H100, 6x its memory time.)
+recomputes z from the same W taps and writes dz (float32); the second sums W shifted tiles of dz into dx and,
+from the same tiles and one load of x, forms dw[c, W - 1 - i] = sum_s dz_{s + i} x_s as this tile's partial
+sums in a float32 buffer [B * cdiv(T, BLOCK_T), C, W] that PyTorch adds (no atomics: deterministic).
+qkv_features uses the second launch too. (A first version did it in one launch by recomputing dz for the
+W - 1 shifted tiles, W^2 + 2W tile loads: 200 us for a [8, 2048, 1024] bf16 input on an H100, 6x its memory
+time.)
 
 Numerics: the weight is read in float32, every product and sum is in float32, dz is kept in float32, and y,
 dx are rounded to x's dtype once at the end; dw stays float32 until the caller casts it to the weight's
@@ -34,11 +36,14 @@ import triton.language as tl
 from deltanet.ops.triton.common import call_op, cdiv, eager_autograd, kernel_op, next_power_of_2
 
 MAX_WIDTH = 8  # W is unrolled (tl.static_range); the public op accepts 1 <= W <= MAX_WIDTH
-# Tiles: untimed on a GPU so far (a memory-bound op; these keep ~4 float32 tiles per thread in registers
-# in the backward). Capped by the next power of two of T and C so small inputs do not run empty lanes.
+# Tiles, capped by the next power of two of T and C so small inputs do not run empty lanes. Swept on an H100
+# (benchmarks/sweep_conv.py, 2026-11-27, [8, 2048, 1024] bf16): forward 32-40 us at 16-64 x 128, 4 warps.
+# The backward's layout (dz, then dx with dw) is the one measured fastest for qkv_features (389 us against
+# 419 us with dw in the dz launch, at 3072 channels); not timed separately for this op.
 LAUNCH = {
     "fwd": {"block_t": 64, "block_c": 128, "num_warps": 4},
-    "bwd": {"block_t": 32, "block_c": 128, "num_warps": 4},
+    "bwd": {"block_t": 32, "block_c": 128, "num_warps": 4},  # the dz launch
+    "dx": {"block_t": 64, "block_c": 128, "num_warps": 4},  # dx and dw partial sums (as qkv_features')
 }
 
 
@@ -85,52 +90,48 @@ def short_conv_fwd_kernel(
 
 @triton.jit
 def short_conv_dz_kernel(
-    x, weight, doc_position, dy, dz, dweight_partial,
+    x, weight, doc_position, dy, dz,
     T, C, W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
     IS_VARLEN: tl.constexpr, SILU: tl.constexpr,
 ):
-    """dz = dy * act'(z) (z recomputed from the W taps of x) into float32 dz, and this tile's partial sums
-    of dw [BLOCK_C, W] from the same taps."""
+    """dz = dy * act'(z) (z recomputed from the W taps of x) into float32 dz."""
     tl.static_assert(W <= 8)  # MAX_WIDTH
     i_t, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_t, mask_c = offs_t < T, offs_c < C
     mask = mask_t[:, None] & mask_c[None, :]
-    if IS_VARLEN:
-        pos = tl.load(doc_position + offs_t, mask=mask_t, other=0)
-    else:
-        pos = offs_t
     base = i_b.to(tl.int64) * T * C
     offsets = offs_t.to(tl.int64)[:, None] * C + offs_c[None, :]
     b_dz = tl.load(dy + base + offsets, mask=mask, other=0.0).to(tl.float32)
     if SILU:
+        if IS_VARLEN:
+            pos = tl.load(doc_position + offs_t, mask=mask_t, other=0)
+        else:
+            pos = offs_t
         z = conv_tile(x + base, weight, offs_t, pos, mask_t, offs_c, mask_c, C, W, BLOCK_T, BLOCK_C)
         sig = tl.sigmoid(z)
         b_dz = b_dz * sig * (1 + z * (1 - sig))
     tl.store(dz + base + offsets, b_dz, mask=mask)
-    # dw partial sums at row (i_b * cdiv(T, BLOCK_T) + i_t) of the buffer; the taps reload x (cache hits).
-    p_dw = dweight_partial + (i_b.to(tl.int64) * tl.cdiv(T, BLOCK_T) + i_t) * C * W + offs_c * W
-    for i in tl.static_range(W):
-        tap = mask_t & (pos >= i)  # x_{t - i} before the (document) start counts as zero
-        tap_offsets = (offs_t - i).to(tl.int64)[:, None] * C + offs_c[None, :]
-        x_i = tl.load(x + base + tap_offsets, mask=tap[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
-        tl.store(p_dw + (W - 1 - i), tl.sum(b_dz * x_i, axis=0), mask=mask_c)
 
 
 @triton.jit
-def short_conv_dx_kernel(
-    dz, weight, doc_position, dx,
+def short_conv_dx_dw_kernel(
+    dz, x, weight, doc_position, dx, dweight_partial,
     T, C, W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    """dx_t = sum_i w[W - 1 - i] dz_{t + i}, over the outputs t + i that read x_t: in range and in t's
-    document (their own position >= i)."""
+    """dx_s = sum_i w[W - 1 - i] dz_{s + i}, and this tile's partial sums of
+    dw[W - 1 - i] = sum_s dz_{s + i} x_s (the same shifted dz tiles, one load of x): both over the outputs
+    s + i that read x_s (in range, in s's document: their own position >= i)."""
     tl.static_assert(W <= 8)  # MAX_WIDTH
     i_t, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_t, mask_c = offs_t < T, offs_c < C
     base = i_b.to(tl.int64) * T * C
+    offsets = offs_t.to(tl.int64)[:, None] * C + offs_c[None, :]
+    b_x = tl.load(x + base + offsets, mask=mask_t[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
+    p_dw = dweight_partial + (i_b.to(tl.int64) * tl.cdiv(T, BLOCK_T) + i_t) * C * W + offs_c * W
     b_dx = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
     for i in tl.static_range(W):
         rows = offs_t + i
@@ -138,10 +139,29 @@ def short_conv_dx_kernel(
         if IS_VARLEN:
             valid = valid & (tl.load(doc_position + rows, mask=valid, other=0) >= i)
         w_i = tl.load(weight + offs_c * W + (W - 1 - i), mask=mask_c, other=0.0)
-        offsets = rows.to(tl.int64)[:, None] * C + offs_c[None, :]
-        b_dx += tl.load(dz + base + offsets, mask=valid[:, None] & mask_c[None, :], other=0.0) * w_i[None, :]
-    offsets = offs_t.to(tl.int64)[:, None] * C + offs_c[None, :]
+        dz_offsets = rows.to(tl.int64)[:, None] * C + offs_c[None, :]
+        dz_i = tl.load(dz + base + dz_offsets, mask=valid[:, None] & mask_c[None, :], other=0.0)
+        b_dx += dz_i * w_i[None, :]
+        tl.store(p_dw + (W - 1 - i), tl.sum(dz_i * b_x, axis=0), mask=mask_c)
     tl.store(dx + base + offsets, b_dx.to(dx.dtype.element_ty), mask=mask_t[:, None] & mask_c[None, :])
+
+
+def short_conv_dx_dw(dz: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                     doc_position: torch.Tensor | None, launch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """dz [B, T, C] float32 (the gradient before the conv's taps), x and weight as in the forward -> dx like
+    x and dweight [C, W] float32 (partial sums per tile, added by PyTorch: deterministic, no atomics).
+    launch: {"block_t", "block_c", "num_warps"}."""
+    B, T, C = x.shape
+    W = weight.shape[1]
+    block_t = min(launch["block_t"], max(16, next_power_of_2(T)))
+    block_c = min(launch["block_c"], max(16, next_power_of_2(C)))
+    dx = torch.empty_like(x)
+    dweight_partial = x.new_empty(B * cdiv(T, block_t), C, W, dtype=torch.float32)  # every entry is written
+    short_conv_dx_dw_kernel[(cdiv(T, block_t), cdiv(C, block_c), B)](
+        dz, x, weight, doc_position, dx, dweight_partial, T, C, W, block_t, block_c,
+        IS_VARLEN=doc_position is not None, num_warps=launch["num_warps"],
+    )
+    return dx, dweight_partial.sum(0)
 
 
 def _blocks(name: str, T: int, C: int) -> tuple[int, int, int]:
@@ -172,20 +192,12 @@ def short_conv_bwd(x: torch.Tensor, weight: torch.Tensor, doc_position: torch.Te
     B, T, C = x.shape
     W = weight.shape[1]
     block_t, block_c, num_warps = _blocks("bwd", T, C)
-    num_t_blocks = cdiv(T, block_t)
-    grid = (num_t_blocks, cdiv(C, block_c), B)
     dz = torch.empty(B, T, C, device=x.device, dtype=torch.float32)  # float32: one rounding less in dx
-    dweight_partial = x.new_empty(B * num_t_blocks, C, W, dtype=torch.float32)  # every entry is written
-    short_conv_dz_kernel[grid](
-        x, weight, doc_position, dy, dz, dweight_partial, T, C, W, block_t, block_c,
+    short_conv_dz_kernel[(cdiv(T, block_t), cdiv(C, block_c), B)](
+        x, weight, doc_position, dy, dz, T, C, W, block_t, block_c,
         IS_VARLEN=doc_position is not None, SILU=silu, num_warps=num_warps,
     )
-    dx = torch.empty_like(x)
-    short_conv_dx_kernel[grid](
-        dz, weight, doc_position, dx, T, C, W, block_t, block_c,
-        IS_VARLEN=doc_position is not None, num_warps=num_warps,
-    )
-    return dx, dweight_partial.sum(0)
+    return short_conv_dx_dw(dz, x, weight, doc_position, LAUNCH["dx"])
 
 
 # Registered as PyTorch custom ops (a fake implementation for shapes, an autograd formula) so that the op
