@@ -44,18 +44,37 @@ def test_eager_and_compiled_routes_agree():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_direct_route_only_for_plain_tensors():
-    """call_op runs an op's function directly for plain tensors (eager, host cost) and through the dispatcher
-    otherwise: meta tensors get the registered fake implementation (shapes only, no kernel), and the direct
-    route gives the same values as the dispatcher's."""
-    from deltanet.ops.triton.common import call_op
+def test_direct_route_only_for_plain_tensors(monkeypatch):
+    """call_op runs an op's function directly for plain tensors and parameters (eager, host cost) and through
+    the dispatcher otherwise: meta tensors get the registered fake implementation (shapes only, no kernel),
+    and an argument that requires grad under grad mode goes through the op (a double backward must fail
+    loudly). Both routes give the same values."""
+    from deltanet.ops.triton import common
     from deltanet.ops.triton.row_norm import row_norm_fwd
 
+    direct_calls = []
+    function = common._IMPLEMENTATIONS[row_norm_fwd]
+    monkeypatch.setitem(common._IMPLEMENTATIONS, row_norm_fwd,
+                        lambda *args: direct_calls.append(1) or function(*args))
     g = torch.Generator().manual_seed(1)
-    x, weight = torch.randn(6, 32, generator=g), torch.randn(32, generator=g)
-    direct = call_op(row_norm_fwd, x, weight, None, 1 / 32, 1e-6, torch.float32)
-    dispatched = row_norm_fwd(x, weight, None, 1 / 32, 1e-6, torch.float32)
+    x, weight = torch.randn(6, 32, generator=g), torch.nn.Parameter(torch.randn(32, generator=g))
+    with torch.no_grad():
+        direct = common.call_op(row_norm_fwd, x, weight, None, 1 / 32, 1e-6, torch.float32)
+    assert len(direct_calls) == 1  # a Parameter is a plain tensor here
+    dispatched = row_norm_fwd(x, weight.detach(), None, 1 / 32, 1e-6, torch.float32)
     for a, b in zip(direct, dispatched):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    y, rstd = call_op(row_norm_fwd, x.to("meta"), weight.to("meta"), None, 1 / 32, 1e-6, torch.bfloat16)
+    y, rstd = common.call_op(row_norm_fwd, x.to("meta"), weight.detach().to("meta"), None, 1 / 32, 1e-6,
+                             torch.bfloat16)
     assert y.is_meta and y.shape == (6, 32) and y.dtype == torch.bfloat16 and rstd.shape == (6,)
+    common.call_op(row_norm_fwd, x, weight, None, 1 / 32, 1e-6, torch.float32)  # grad mode, requires grad
+    assert len(direct_calls) == 1
+
+
+def test_double_backward_through_a_triton_op_fails_loudly():
+    x = torch.randn(4, 32, requires_grad=True)
+    weight = torch.randn(32, requires_grad=True)
+    y = rms_norm(x, weight, backend="triton")
+    (dx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="autograd"):
+        dx.sum().backward()

@@ -342,6 +342,25 @@ def test_packed_prefill_into_a_cache_is_refused(name):
         mixer(x, info, OneLayerCache(mixer))
 
 
+@pytest.mark.parametrize("name", ["deltanet", "linear-attn"])
+def test_decoding_after_a_right_padded_prefill(name):
+    """A right-padded row keeps decoding from its last real tokens: the conv state must skip the padding."""
+    mixer = make_mixer(name)
+    length, num_pad = 5, 3
+    x = torch.randn(1, length + 2, HIDDEN, dtype=torch.float64)
+    batch = torch.cat([x[:, :length], 100 * torch.randn(1, num_pad, HIDDEN, dtype=torch.float64)], dim=1)
+    token_mask = torch.ones(1, length + num_pad, dtype=torch.bool)
+    token_mask[0, length:] = False
+    cache = OneLayerCache(mixer)
+    mixer(batch, padded_info(token_mask), cache)
+    alone, _ = run_with_cache(mixer, x, [length, length + 1])
+    for step in range(2):
+        position = torch.tensor([[length + step]])
+        step_info = SequenceInfo(position, torch.ones(1, 1, dtype=torch.bool))
+        out = mixer(x[:, length + step : length + step + 1], step_info, cache)
+        torch.testing.assert_close(out, alone[:, length + step : length + step + 1], rtol=0, atol=F64_ATOL)
+
+
 def test_short_convolution_decoding_matches_prefill_under_autocast():
     """Decoding from a conv state computes in float32 like the fused prefill path, also under autocast (which
     would otherwise run conv1d in bf16): both round once, to bf16, so each output is within bf16's unit

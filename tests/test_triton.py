@@ -196,7 +196,18 @@ def test_triton_inverse_by_diagonal_blocks_matches_float64_recurrence(monkeypatc
     out = outputs_and_grads(q, k, v, beta, s0, seed=7, backend="triton", chunk_size=chunk_size,
                             allow_tf32=False)
     assert_close(out, ref, FP32_BOUND)
-    assert launched == [True, True]  # the forward and the backward's recomputation
+    lengths = [1, 70, 0, 33]  # packed documents, one shorter than a 16-token block, one empty
+    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    q, k, v, beta, _ = make_inputs(1, sum(lengths), 2, 16, 24, dtype=torch.float32, seed=52)
+    s0 = make_inputs(1, 1, 2, 16, 24, dtype=torch.float32, seed=53, num_states=len(lengths))[4]
+    ref = outputs_and_grads(q, k, v, beta, s0, seed=8, backend="recurrent", cu_seqlens=cu)
+    out = outputs_and_grads(q, k, v, beta, s0, seed=8, backend="triton", chunk_size=chunk_size, cu_seqlens=cu,
+                            allow_tf32=False)
+    assert_close(out, ref, FP32_BOUND)
+    assert launched == [True, True] * 2  # the forward and the backward's recomputation, twice
+    monkeypatch.setitem(LAUNCH, "wy", {**LAUNCH["wy"], "inverse": "block16"})
+    with pytest.raises(ValueError, match='LAUNCH\\["wy"\\]\\["inverse"\\] must be "doubling" or "blocks16"'):
+        outputs_and_grads(q, k, v, beta, s0, seed=8, backend="triton", cu_seqlens=cu)
 
 
 def test_triton_training_call_without_states_matches_torch_path():

@@ -20,9 +20,9 @@ class ShortConvolution(nn.Module):
     layout for groups=C).
 
     Without a conv state it runs the fused op (deltanet.ops.causal_conv1d: one launch forward, two backward
-    on the GPU): prefill with a cache, and any use outside the DeltaNet layers' training path (which convolves
-    q, k and v in one pass with deltanet.ops.qkv_features). Decoding from a cached conv state runs F.conv1d
-    over the state and the new tokens.
+    on the GPU), for direct users: the recurrent layers convolve q, k and v in one pass whenever they start
+    from no conv state (deltanet.ops.qkv_features) and call this module only to continue from a cached state,
+    which runs F.conv1d over the state and the new tokens.
     """
 
     def __init__(self, channels: int, kernel_size: int = 4, activation: str | None = None) -> None:
@@ -50,11 +50,20 @@ class ShortConvolution(nn.Module):
             history = x_bct.new_zeros(x.shape[0], self.channels, self.kernel_size - 1)
         return torch.cat([history.to(x.dtype), x_bct], dim=-1)
 
-    def state_after(self, x: torch.Tensor) -> torch.Tensor:
-        """The conv state after inputs x [B, T, C] from an empty history: the last W - 1 inputs as
-        [B, C, W - 1], zeros before the start (x already zero at padding)."""
-        tail = x[:, x.shape[1] - min(self.kernel_size - 1, x.shape[1]) :]
-        return self._with_history(tail, None)[..., tail.shape[1] :].contiguous()
+    def state_after(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The conv state after inputs x [B, T, C] from an empty history, [B, C, W - 1]: each row's last W - 1
+        real inputs (token_mask [B, T] True at real tokens; None: all real), zeros before its first. With
+        right padding the state must come from the last real tokens, not from the padding after them."""
+        keep = self.kernel_size - 1
+        if token_mask is None:
+            tail = x[:, x.shape[1] - min(keep, x.shape[1]) :]
+            return self._with_history(tail, None)[..., tail.shape[1] :].contiguous()
+        positions = torch.arange(x.shape[1], device=x.device)
+        last = torch.where(token_mask, positions, -1).amax(dim=1)  # each row's last real token (-1: none)
+        index = last[:, None] - torch.arange(keep - 1, -1, -1, device=x.device)  # [B, W - 1], oldest first
+        real = (index >= 0) & token_mask.gather(1, index.clamp(min=0))
+        gathered = x.gather(1, index.clamp(min=0)[..., None].expand(-1, -1, x.shape[2]))  # [B, W - 1, C]
+        return (gathered * real[..., None].to(x.dtype)).transpose(1, 2).contiguous()
 
     def forward(
         self,
@@ -81,7 +90,7 @@ class ShortConvolution(nn.Module):
             x = x * info.token_mask[..., None].to(x.dtype)
         if state is None:
             y = causal_conv1d(x, self.weight[:, 0], cu_seqlens=info.cu_seqlens, activation=self.activation)
-            return y, (self.state_after(x) if return_state else None)
+            return y, (self.state_after(x, info.token_mask) if return_state else None)
         keep = self.kernel_size - 1
         wide = torch.float64 if x.dtype == torch.float64 else torch.float32  # as the fused op computes
         padded_bct = self._with_history(x, state)

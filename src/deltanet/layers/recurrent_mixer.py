@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as module_hooks  # the global hooks (nn.modules.module.register_*)
 from torch.nn.utils import parametrize
 
 from deltanet.layers.cache_entries import RecurrentCacheEntry
@@ -37,8 +38,8 @@ class LinearRecurrentMixer(TokenMixer):
         use_short_conv, conv_size: the causal depthwise conv on q, k and v, and its width.
         use_output_gate: gated RMSNorm with an output gate W_g x instead of a plain RMSNorm.
         norm_eps: epsilon of the output norm.
-        backend: backend of the feature op and the recurrence's op: None (fastest available), "torch" or
-            "triton".
+        backend: backend of the feature op and the L2 norms (and DeltaNet's delta-rule op; linear attention's
+            recurrence is PyTorch only): None (fastest available), "torch" or "triton".
     """
 
     cache_entry_type = RecurrentCacheEntry
@@ -77,12 +78,16 @@ class LinearRecurrentMixer(TokenMixer):
 
     def projections_fusable(self) -> bool:
         """Whether one matmul against the concatenated q, k, v weights equals calling the three projections:
-        only for plain nn.Linear modules without hooks or parametrizations (a LoRA adapter, a quantized
-        linear or a forward hook must see its own call)."""
+        only for plain nn.Linear modules with plain weights and no hooks or parametrizations (a LoRA adapter,
+        a quantized linear or weight, a module hook must see its own call)."""
+        if (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
+                or module_hooks._global_backward_hooks or module_hooks._global_backward_pre_hooks):
+            return False
         for name in self.projection_names:
             proj = getattr(self, f"{name}_proj")
-            if (type(proj) is not nn.Linear or proj._forward_hooks or proj._forward_pre_hooks
-                    or parametrize.is_parametrized(proj)):
+            if (type(proj) is not nn.Linear or type(proj.weight) is not nn.Parameter
+                    or proj._forward_hooks or proj._forward_pre_hooks or proj._backward_hooks
+                    or proj._backward_pre_hooks or parametrize.is_parametrized(proj)):
                 return False
         return True
 
@@ -114,7 +119,7 @@ class LinearRecurrentMixer(TokenMixer):
             convs: list[ShortConvolution] = [getattr(self, f"{name}_conv") for name in names]
             if entry is not None:
                 for name, conv, x in zip(names, convs, qkv.chunk(3, dim=-1)):
-                    entry.set(f"conv_{name}", conv.state_after(x))
+                    entry.set(f"conv_{name}", conv.state_after(x, info.token_mask))
             conv_weight = torch.cat([conv.weight[:, 0] for conv in convs])  # [3 H D, W]
             return qkv_features(qkv, conv_weight, self.num_heads, cu_seqlens=info.cu_seqlens,
                                 backend=self.backend)

@@ -45,7 +45,8 @@ class DeltaNetConfig(PretrainedConfig):
         initializer_range: std of the normal init of linear and embedding weights.
         tie_word_embeddings: share the input embedding with the output projection.
         chunk_size: chunk length of the chunkwise delta-rule op (a power of two).
-        backend: delta-rule op backend: None (fastest available), "torch" or "triton".
+        backend: backend of the recurrent layers' ops (the q/k/v feature op, the L2 norms, the delta-rule op):
+            None (fastest available), "torch" or "triton".
         allow_tf32: the Triton kernels' products of float32 tensors in tf32 (default) or, if False, in
             full float32 (bf16/fp16 tensors, as under autocast, are unaffected).
         use_cache: return a cache from forward in eval mode by default.

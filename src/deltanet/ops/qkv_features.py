@@ -4,7 +4,8 @@
     q, k, v = y split in three thirds, each viewed as [B, T, H, D]
     q, k = q / sqrt(|q|^2 + eps), k / sqrt(|k|^2 + eps)    per head (normalize_qk)
 
-The layer computes qkv with one matmul against the concatenated q, k and v projections; this op then
+The layers compute qkv with one matmul against the concatenated q, k and v projections (when those are plain
+linear layers); this op then
 replaces three conv passes and two L2-norm passes (on the GPU one launch forward and two backward,
 ops/triton/qkv_features.py). The PyTorch path below is the specification the kernels are tested against.
 """
@@ -48,7 +49,7 @@ def qkv_features(
             bfloat16 or float16.
         weight: conv taps [3 * H * D, W], 1 <= W <= 8 (the three convs' [C, 1, W] weights squeezed and
             concatenated); weight[:, W - 1] multiplies the current token.
-        num_heads: H; the head dim D = qkv.shape[-1] / (3 H) must be at most 256.
+        num_heads: H; the head dim D = qkv.shape[-1] / (3 H) (at most 256 on the Triton backend).
         cu_seqlens: int32/int64 [N + 1] cumulative lengths of documents packed along T (B = 1); the conv
             restarts at every document start. None: each batch row is one sequence.
         normalize_qk: L2-normalise each head of q and k (not v): x / sqrt(sum(x^2) + eps).
@@ -65,11 +66,11 @@ def qkv_features(
     if qkv.shape[-1] % (3 * num_heads):
         raise ValueError(f"qkv's last dim must be 3 * num_heads * head_dim, got qkv {shape_str(qkv)} "
                          f"with num_heads={num_heads}")
-    head_dim = qkv.shape[-1] // (3 * num_heads)
-    if head_dim > MAX_HEAD_DIM:
-        raise ValueError(f"head_dim must be at most {MAX_HEAD_DIM} (as for the delta-rule op), got "
-                         f"{head_dim} from qkv {shape_str(qkv)} with num_heads={num_heads}")
     backend = resolve_backend(backend, qkv)
+    head_dim = qkv.shape[-1] // (3 * num_heads)
+    if backend == "triton" and head_dim > MAX_HEAD_DIM:
+        raise ValueError(f"backend='triton' takes head_dim at most {MAX_HEAD_DIM} (as the delta-rule op), "
+                         f"got {head_dim} from qkv {shape_str(qkv)} with num_heads={num_heads}")
     doc_position = None if cu_seqlens is None else document_positions(cu_seqlens, qkv.shape[1])
     if backend == "triton":
         from deltanet.ops.triton.qkv_features import qkv_features_triton

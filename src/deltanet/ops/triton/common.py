@@ -209,19 +209,29 @@ def kernel_op(name: str):
     return register
 
 
+PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
 def call_op(op, *args):
     """op(*args), through the dispatcher only where that does something.
 
-    Outside torch.compile and with plain tensors (no fake, functional, subclass or meta tensors: those need
-    the registered fake implementations and the dispatcher), call the function behind the op directly: the
-    dispatcher's layers for a Python custom op (a dynamo-disable wrapper, alias checks) cost ~20 us of host
-    time per call, measured on the CPU machine with kernel launches stubbed out (2026-11-27).
+    The direct route (the function behind the op, no dispatcher) is taken outside torch.compile, with no
+    dispatch or function mode active, the profiler off, only plain tensors and parameters among the
+    arguments (fake, functional, subclass and meta tensors need the registered fake implementations), and no
+    argument that requires grad while grad mode is on (so that a double backward through the op's backward
+    still fails loudly instead of dropping the second-order term). The dispatcher's layers for a Python
+    custom op (a dynamo-disable wrapper, alias checks) cost ~20 us of host time per call, measured on the CPU
+    machine with kernel launches stubbed out (2026-11-27).
     """
     implementation = _IMPLEMENTATIONS.get(op)
-    if implementation is None or torch.compiler.is_compiling():
+    if (implementation is None or torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
+            or torch._C._is_torch_function_mode_enabled() or torch.autograd.profiler._is_profiler_enabled):
         return op(*args)
+    grad_mode = torch.is_grad_enabled()
     for arg in args:
-        if isinstance(arg, torch.Tensor) and (type(arg) is not torch.Tensor or arg.is_meta):
+        if not isinstance(arg, torch.Tensor):
+            continue
+        if type(arg) not in PLAIN_TENSOR_TYPES or arg.is_meta or (grad_mode and arg.requires_grad):
             return op(*args)
     return implementation(*args)
 

@@ -79,6 +79,14 @@ def wy_fwd_kernel(
         tl.store(p_u, b_u.to(p_u.dtype.element_ty), boundary_check=(0, 1))
 
 
+def inverse_by_blocks() -> bool:
+    """LAUNCH["wy"]["inverse"]: "doubling" (False) or "blocks16" (True); anything else is an error."""
+    inverse = LAUNCH["wy"]["inverse"]
+    if inverse not in ("doubling", "blocks16"):
+        raise ValueError(f'LAUNCH["wy"]["inverse"] must be "doubling" or "blocks16", got {inverse!r}')
+    return inverse == "blocks16"
+
+
 def wy_fwd(k, v, beta, cu_seqlens, chunk_indices, num_chunks, seq_len, chunk_size, dot_precision,
            store_a_inv=False):
     """k [B, T, H, K], v [B, T, H, V], beta [B, T, H] (contiguous) -> W like k, U like v, and with
@@ -92,7 +100,7 @@ def wy_fwd(k, v, beta, cu_seqlens, chunk_indices, num_chunks, seq_len, chunk_siz
         k, v, beta, w, u, a_inv, cu_seqlens, chunk_indices,
         seq_len, H, K, V, chunk_size, block_dim(K), BV,
         STORE_A_INV=store_a_inv, IS_VARLEN=cu_seqlens is not None, DOT_PRECISION=dot_precision,
-        INVERSE_BY_BLOCKS=LAUNCH["wy"]["inverse"] == "blocks16",
+        INVERSE_BY_BLOCKS=inverse_by_blocks(),
         num_warps=LAUNCH["wy"]["num_warps"], num_stages=num_stages_for(k.dtype),
     )
     return w, u, a_inv
