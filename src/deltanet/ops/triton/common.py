@@ -9,6 +9,8 @@ sequence leaks in.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import triton
@@ -197,11 +199,30 @@ def block_dim(d: int) -> int:
 _IMPLEMENTATIONS: dict = {}
 
 
+def on_tensors_device(implementation):
+    """implementation, run with the current CUDA device set to that of its first CUDA tensor argument:
+    Triton launches on the current device, and a model split across GPUs calls ops on several."""
+
+    @functools.wraps(implementation)
+    def run(*args):
+        for arg in args:
+            if isinstance(arg, torch.Tensor) and arg.is_cuda:
+                if arg.device.index != torch.cuda.current_device():
+                    with torch.cuda.device(arg.device):
+                        return implementation(*args)
+                break
+        return implementation(*args)
+
+    return run
+
+
 def kernel_op(name: str):
-    """Decorator: torch.library.custom_op(name, mutates_args=()) over a function that launches kernels, which
-    also remembers the function so that call_op can run it without the dispatcher."""
+    """Decorator: torch.library.custom_op(name, mutates_args=()) over a function that launches kernels (run
+    on its tensors' device), which also remembers the function so that call_op can run it without the
+    dispatcher."""
 
     def register(implementation):
+        implementation = on_tensors_device(implementation)
         op = torch.library.custom_op(name, mutates_args=())(implementation)
         _IMPLEMENTATIONS[op] = implementation
         return op
