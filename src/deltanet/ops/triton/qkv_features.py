@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from deltanet.ops.triton.common import call_op, cdiv, eager_autograd, kernel_op, next_power_of_2
-from deltanet.ops.triton.short_conv import conv_tile, short_conv_dx_dw
+from deltanet.ops.triton.short_conv import conv_tile, short_conv_dx_dw, token_tile
 
 # Tokens per program; a program covers one head (BLOCK_D = next power of two of D channels); dx/dw tiles
 # over all 3HD channels. From benchmarks/sweep_qkv_features.py on an H100 (2026-11-27, [8, 2048, 3 x 8 x 128]
@@ -56,15 +56,10 @@ def qkv_features_fwd_kernel(
     i_t, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     which = i_h // H  # 0: q, 1: k, 2: v
     C = 3 * H * D
-    offs_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_t, mask_t, pos, base = token_tile(i_t, i_b, T, C, doc_position, BLOCK_T, IS_VARLEN)
     offs_d = tl.arange(0, BLOCK_D)
     offs_c = i_h * D + offs_d
-    mask_t, mask_d = offs_t < T, offs_d < D
-    if IS_VARLEN:
-        pos = tl.load(doc_position + offs_t, mask=mask_t, other=0)
-    else:
-        pos = offs_t
-    base = i_b.to(tl.int64) * T * C
+    mask_d = offs_d < D
     z = conv_tile(x + base, weight, offs_t, pos, mask_t, offs_c, mask_d, C, W, BLOCK_T, BLOCK_D)
     y = z * tl.sigmoid(z)  # 0 in masked lanes (z = 0 there), so the row sums below are exact
     if NORMALIZE_QK:
@@ -118,15 +113,10 @@ def qkv_features_dz_kernel(
     """dz [B, T, 3HD] float32: the output gradient through the norms and SiLU."""
     i_t, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     C = 3 * H * D
-    offs_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_t, mask_t, pos, base = token_tile(i_t, i_b, T, C, doc_position, BLOCK_T, IS_VARLEN)
     offs_d = tl.arange(0, BLOCK_D)
     offs_c = i_h * D + offs_d
-    mask_t, mask_d = offs_t < T, offs_d < D
-    if IS_VARLEN:
-        pos = tl.load(doc_position + offs_t, mask=mask_t, other=0)
-    else:
-        pos = offs_t
-    base = i_b.to(tl.int64) * T * C
+    mask_d = offs_d < D
     b_dz = head_dz(x + base, weight, dq, dk, dv, i_h // H, i_b, i_h, offs_t, pos, mask_t, offs_d, mask_d,
                    T, H, D, C, eps, W, BLOCK_T, BLOCK_D, NORMALIZE_QK)
     offsets = offs_t.to(tl.int64)[:, None] * C + offs_c[None, :]

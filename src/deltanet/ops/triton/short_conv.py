@@ -66,6 +66,19 @@ def conv_tile(x, weight, rows, pos, valid, offs_c, mask_c, C, W: tl.constexpr, B
 
 
 @triton.jit
+def token_tile(i_t, i_b, T, C, doc_position, BLOCK_T: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """A program's BLOCK_T tokens of batch row i_b: (token indices, their mask, their positions in their
+    documents, the row's element offset in a [B, T, C] tensor as int64)."""
+    offs_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    mask_t = offs_t < T  # the last tile is partial
+    if IS_VARLEN:
+        pos = tl.load(doc_position + offs_t, mask=mask_t, other=0)
+    else:
+        pos = offs_t
+    return offs_t, mask_t, pos, i_b.to(tl.int64) * T * C
+
+
+@triton.jit
 def short_conv_fwd_kernel(
     x, weight, doc_position, y,
     T, C, W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -73,14 +86,9 @@ def short_conv_fwd_kernel(
 ):
     tl.static_assert(W <= 8)  # MAX_WIDTH
     i_t, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_t, mask_t, pos, base = token_tile(i_t, i_b, T, C, doc_position, BLOCK_T, IS_VARLEN)
     offs_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_t, mask_c = offs_t < T, offs_c < C  # the last tiles in T and C are partial
-    if IS_VARLEN:
-        pos = tl.load(doc_position + offs_t, mask=mask_t, other=0)
-    else:
-        pos = offs_t
-    base = i_b.to(tl.int64) * T * C
+    mask_c = offs_c < C  # the last tile in C is partial
     z = conv_tile(x + base, weight, offs_t, pos, mask_t, offs_c, mask_c, C, W, BLOCK_T, BLOCK_C)
     if SILU:
         z = z * tl.sigmoid(z)
@@ -97,18 +105,13 @@ def short_conv_dz_kernel(
     """dz = dy * act'(z) (z recomputed from the W taps of x) into float32 dz."""
     tl.static_assert(W <= 8)  # MAX_WIDTH
     i_t, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_t, mask_t, pos, base = token_tile(i_t, i_b, T, C, doc_position, BLOCK_T, IS_VARLEN)
     offs_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_t, mask_c = offs_t < T, offs_c < C
+    mask_c = offs_c < C
     mask = mask_t[:, None] & mask_c[None, :]
-    base = i_b.to(tl.int64) * T * C
     offsets = offs_t.to(tl.int64)[:, None] * C + offs_c[None, :]
     b_dz = tl.load(dy + base + offsets, mask=mask, other=0.0).to(tl.float32)
     if SILU:
-        if IS_VARLEN:
-            pos = tl.load(doc_position + offs_t, mask=mask_t, other=0)
-        else:
-            pos = offs_t
         z = conv_tile(x + base, weight, offs_t, pos, mask_t, offs_c, mask_c, C, W, BLOCK_T, BLOCK_C)
         sig = tl.sigmoid(z)
         b_dz = b_dz * sig * (1 + z * (1 - sig))
