@@ -50,6 +50,14 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-300)).item()
 
 
+def assert_named_close(names, actual, expected, bound: float) -> None:
+    """Each actual tensor finite and within `bound` (rel_err) of its expected one; failures name it."""
+    for name, a, e in zip(names, actual, expected):
+        assert torch.isfinite(a).all(), f"{name} has NaN/Inf (an unwritten element?)"
+        err = rel_err(a, e)
+        assert err <= bound, f"{name}: relative error {err:.2e} > {bound:.0e}"
+
+
 @pytest.fixture
 def nan_filled_allocations():
     """Fill every uninitialised allocation with NaN (deterministic mode), so that an element a kernel forgets

@@ -13,7 +13,7 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import rel_err
+from conftest import assert_named_close, rel_err
 
 from deltanet.ops import causal_conv1d
 from deltanet.ops.short_conv import causal_conv1d_torch, document_positions
@@ -73,10 +73,7 @@ def outputs_and_grads(x, weight, seed, backend, **kwargs):
 
 
 def assert_close(actual, expected, bound):
-    for name, a, e in zip(NAMES, actual, expected):
-        assert torch.isfinite(a).all(), f"{name} has NaN/Inf (an unwritten element?)"
-        err = rel_err(a, e)
-        assert err <= bound, f"{name}: relative error {err:.2e} > {bound:.0e}"
+    assert_named_close(NAMES, actual, expected, bound)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

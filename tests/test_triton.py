@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_inputs, rel_err
+from conftest import assert_named_close, make_inputs, rel_err
 
 from deltanet.ops import chunk_delta_rule, recurrent_delta_rule
 
@@ -50,10 +50,7 @@ NAMES = ("o", "final_state", "dq", "dk", "dv", "dbeta", "dh0")
 
 
 def assert_close(actual, expected, bound):
-    for name, a, e in zip(NAMES, actual, expected):
-        assert torch.isfinite(a).all(), f"{name} has NaN/Inf (an unwritten element?)"
-        err = rel_err(a, e)
-        assert err <= bound, f"{name}: relative error {err:.2e} > {bound:.0e}"
+    assert_named_close(NAMES, actual, expected, bound)
 
 
 @pytest.mark.parametrize("B,T,H,K,V,chunk_size", [
