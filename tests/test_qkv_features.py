@@ -168,3 +168,10 @@ def test_triton_backward_is_deterministic():
     first = outputs_and_grads(qkv, weight, 2, seed=6, backend="triton")
     second = outputs_and_grads(qkv, weight, 2, seed=6, backend="triton")
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+@needs_triton
+def test_triton_refuses_float64_naming_qkv():
+    qkv, weight = make_inputs(1, 5, 1, 16, dtype=torch.float64)
+    with pytest.raises(TypeError, match="float16 qkv, got float64; use backend='torch'"):
+        qkv_features(qkv, weight, 1, backend="triton")

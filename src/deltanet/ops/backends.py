@@ -18,10 +18,11 @@ def default_backend(device: torch.device, dtype: torch.dtype) -> str:
     return "torch"
 
 
-def check_triton_dtype(v: torch.Tensor) -> None:
-    """The Triton kernels take float32, bfloat16 and float16; float64 stays on the PyTorch path."""
-    if v.dtype == torch.float64:
-        raise TypeError("backend='triton' takes float32, bfloat16 or float16 inputs, got v float64; "
+def check_triton_dtype(tensor: torch.Tensor, name: str) -> None:
+    """The Triton kernels take float32, bfloat16 and float16; float64 stays on the PyTorch path. name: the
+    argument's name in the caller's signature, for the error."""
+    if tensor.dtype == torch.float64:
+        raise TypeError(f"backend='triton' takes float32, bfloat16 or float16 {name}, got float64; "
                         "use backend='torch' for float64")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deltanet.ops.backends import resolve_backend
+from deltanet.ops.backends import check_triton_dtype, resolve_backend
 
 
 def cross_entropy(
@@ -33,8 +33,7 @@ def cross_entropy(
                          f"{tuple(targets.shape)}")
     backend = resolve_backend(backend, logits)
     if backend == "triton":
-        if logits.dtype == torch.float64:
-            raise TypeError("backend='triton' takes float32, bfloat16 or float16 logits, got float64")
+        check_triton_dtype(logits, "logits")
         from deltanet.ops.triton.cross_entropy import cross_entropy_rows
 
         if logits.stride(-1) != 1:

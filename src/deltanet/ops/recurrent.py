@@ -86,7 +86,7 @@ def recurrent_delta_rule(
         norm_backend = "torch" if backend == "torch" else None
         q, k = l2_normalize(q, backend=norm_backend), l2_normalize(k, backend=norm_backend)
     if backend == "triton":
-        check_triton_dtype(v)
+        check_triton_dtype(v, "v")
         if needs_grad:
             raise ValueError("backend='triton' of recurrent_delta_rule has no backward (it is the decoding "
                              "step); use backend='torch', chunk_delta_rule, or torch.no_grad()")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deltanet.ops.backends import resolve_backend
+from deltanet.ops.backends import check_triton_dtype, resolve_backend
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor, backend: str | None = None) -> torch.Tensor:
@@ -24,8 +24,7 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor, backend: str | None = None) -> 
                          f"{tuple(gate.shape)} and up {up.dtype} {tuple(up.shape)}")
     backend = resolve_backend(backend, up)
     if backend == "triton":
-        if up.dtype == torch.float64:
-            raise TypeError("backend='triton' takes float32, bfloat16 or float16 gate and up, got float64")
+        check_triton_dtype(up, "gate and up")
         from deltanet.ops.triton.swiglu import swiglu as swiglu_triton
 
         return swiglu_triton(gate.contiguous(), up.contiguous())

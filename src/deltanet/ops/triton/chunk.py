@@ -142,7 +142,7 @@ def chunk_delta_rule_triton(
     allow_tf32=True,
 ):
     """Validated arguments in, (o, final_state or None) out; see `deltanet.ops.chunk_delta_rule`."""
-    check_triton_dtype(v)
+    check_triton_dtype(v, "v")
     if chunk_size not in SUPPORTED_CHUNK_SIZES:
         raise ValueError(
             f"backend='triton' supports chunk_size in {SUPPORTED_CHUNK_SIZES}, got {chunk_size}"

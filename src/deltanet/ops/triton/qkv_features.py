@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from deltanet.ops.backends import check_triton_dtype
 from deltanet.ops.triton.common import call_op, cdiv, eager_autograd, kernel_op, next_power_of_2
 from deltanet.ops.triton.short_conv import conv_tile, short_conv_dx_dw, token_tile
 
@@ -212,8 +213,6 @@ qkv_features_autograd = eager_autograd(qkv_features_fwd, _setup_context, _backwa
 def qkv_features_triton(qkv: torch.Tensor, weight: torch.Tensor, doc_position: torch.Tensor | None,
                         num_heads: int, normalize_qk: bool, eps: float):
     """Validated arguments in, (q, k, v) out; see `deltanet.ops.qkv_features`."""
-    if qkv.dtype == torch.float64:
-        raise TypeError("backend='triton' takes float32, bfloat16 or float16 qkv, got float64; "
-                        "use backend='torch' for float64")
+    check_triton_dtype(qkv, "qkv")
     weight = weight.to(torch.float32).contiguous()  # autograd casts its gradient back to weight's dtype
     return qkv_features_autograd(qkv.contiguous(), weight, doc_position, num_heads, normalize_qk, float(eps))

@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from deltanet.ops.backends import check_triton_dtype
 from deltanet.ops.triton.common import (
     call_op,
     cdiv,
@@ -188,9 +189,7 @@ def row_norm_triton(
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
     """x [..., D] -> y [..., D] in out_dtype (see the module docstring); gate has x's shape or is None."""
-    if x.dtype == torch.float64:
-        raise TypeError("backend='triton' takes float32, bfloat16 or float16 x, got float64; "
-                        "use backend='torch'")
+    check_triton_dtype(x, "x")
     shape = x.shape
     x2 = x.reshape(-1, shape[-1]).contiguous()
     weight = None if weight is None else weight.contiguous()  # the kernels read it with stride 1

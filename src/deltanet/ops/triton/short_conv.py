@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from deltanet.ops.backends import check_triton_dtype
 from deltanet.ops.triton.common import call_op, cdiv, eager_autograd, kernel_op, next_power_of_2
 
 MAX_WIDTH = 8  # W is unrolled (tl.static_range); the public op accepts 1 <= W <= MAX_WIDTH
@@ -252,9 +253,7 @@ causal_conv1d = eager_autograd(causal_conv1d_fwd, _setup_context, _backward)
 def causal_conv1d_triton(x: torch.Tensor, weight: torch.Tensor, doc_position: torch.Tensor | None,
                          activation: str | None) -> torch.Tensor:
     """Validated arguments in, y out; see `deltanet.ops.causal_conv1d`."""
-    if x.dtype == torch.float64:
-        raise TypeError("backend='triton' takes float32, bfloat16 or float16 x, got float64; "
-                        "use backend='torch' for float64")
+    check_triton_dtype(x, "x")
     # The weight in float32 (autograd casts its gradient back to the weight's dtype).
     weight = weight.to(torch.float32).contiguous()
     return causal_conv1d(x.contiguous(), weight, doc_position, activation == "silu")
