@@ -43,7 +43,7 @@ def stages(B, T, H, D, C=64, prec="tf32", lengths=None):
 
     t0 = time.time()
     w, u, a_inv = wy(store=True)
-    h, ut, _ = states()
+    _, h, ut, _ = states()
     output_fwd(q, k, h, ut, s, cu, ci, nc, T, C, prec, v.dtype)
     dh, dut, _ = reverse()
     chunk_bwd(q, k, v, beta, do, recomputed(), s, cu, ci, nc, T, C, prec)

@@ -36,7 +36,7 @@ def setup(B, T, H, D, C=64, prec="tf32"):
     do = torch.randn_like(v)
     ns, nc, ci, co = tc._plan(q, None, C)
     w, u, a = wy_fwd(k, v, beta, None, ci, nc, T, C, prec, store_a_inv=True)
-    h, ut, _ = state_fwd(k, w, u, None, False, None, co, ns, nc, T, C, prec)
+    _, h, ut, _ = state_fwd(k, w, u, None, False, None, co, ns, nc, T, C, prec)
     dh, dut, _ = state_bwd(q, k, w, do, None, False, D**-0.5, None, co, ns, nc, T, C, prec)
     s = D**-0.5
     recomputed = lambda: dict(w=w, u=u, a_inv=a, h=h, u_tilde=ut, dh=dh, du_tilde=dut)  # noqa: E731

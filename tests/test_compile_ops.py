@@ -26,7 +26,12 @@ def small_model(x, weight, gate, targets, beta):
     return cross_entropy(h.reshape(-1, h.shape[-1]), targets, backend="triton")
 
 
-def test_eager_and_compiled_routes_agree():
+@pytest.mark.parametrize("saved", ["inputs", "intermediates"])
+def test_eager_and_compiled_routes_agree(monkeypatch, saved):
+    """saved: what the delta-rule op keeps for its backward (its forward's extra outputs under compile)."""
+    from deltanet.ops.triton.common import LAUNCH
+
+    monkeypatch.setitem(LAUNCH, "backward", {"saved": saved})
     g = torch.Generator().manual_seed(0)
     x, gate = (torch.randn(2, 8, 32, generator=g, requires_grad=True) for _ in range(2))
     weight = torch.randn(32, generator=g, requires_grad=True)

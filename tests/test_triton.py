@@ -227,16 +227,86 @@ def test_triton_recurrent_refuses_to_drop_gradients():
 
 
 def test_triton_custom_ops_pass_opcheck():
-    """Fake (meta) implementations agree with the real ones in shapes and dtypes, as torch.compile needs."""
+    """Fake (meta) implementations agree with the real ones in shapes and dtypes, as torch.compile needs,
+    with and without the forward's intermediates saved, fixed-length and packed."""
     from deltanet.ops.triton import chunk as triton_chunk
 
     q, k, v, beta, s0 = make_inputs(1, 20, 2, 16, 16, dtype=torch.float16, seed=42)
     beta = beta.float()
     do = torch.randn(v.shape, generator=torch.Generator().manual_seed(8)).half()
-    for h0 in (None, s0):
+    packed = torch.tensor([0, 3, 20], dtype=torch.int32)
+    s0_packed = torch.cat([s0, s0])
+    for h0, cu in ((None, None), (s0, None), (s0_packed, packed)):
         with_state = h0 is not None
-        forward_args = (q, k, v, beta, 0.25, h0, with_state, None, 16, "tf32")
-        backward_args = (q, k, v, beta, 0.25, h0, None, 16, "tf32", do, None, with_state)
-        for op, args in ((triton_chunk.chunk_delta_rule_fwd, forward_args),
-                         (triton_chunk.chunk_delta_rule_bwd, backward_args)):
-            torch.library.opcheck(op, args, test_utils=("test_faketensor",))
+        for save in (False, True):
+            forward_args = (q, k, v, beta, 0.25, h0, with_state, cu, 16, "tf32", save)
+            torch.library.opcheck(triton_chunk.chunk_delta_rule_fwd, forward_args,
+                                  test_utils=("test_faketensor",))
+            saved = triton_chunk.chunk_delta_rule_fwd(*forward_args)[2:] if save else (None,) * 5
+            backward_args = (q, k, v, beta, 0.25, h0, cu, 16, "tf32", do, None, with_state, *saved)
+            torch.library.opcheck(triton_chunk.chunk_delta_rule_bwd, backward_args,
+                                  test_utils=("test_faketensor",))
+
+
+@pytest.mark.parametrize("lengths", [None, [5, 70, 75]])
+def test_triton_saved_intermediates_give_the_recomputed_gradients(monkeypatch, lengths):
+    """LAUNCH["backward"]["saved"] = "intermediates": the forward's own W, U, (I + A)^-1, h and U~ reach the
+    backward; the gradients equal the recomputing backward's exactly (same kernels, same inputs) and the
+    float64 recurrence's within float32 accuracy. Packed rows exercise the upper bound on h's rows."""
+    from deltanet.ops.triton.common import LAUNCH
+
+    cu = None if lengths is None else torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    B, T = (2, 100) if lengths is None else (1, sum(lengths))
+    num_states = B if lengths is None else len(lengths)
+    q, k, v, beta, _ = make_inputs(B, T, 2, 16, 32, dtype=torch.float32, seed=21)
+    s0 = make_inputs(1, 1, 2, 16, 32, dtype=torch.float32, seed=22, num_states=num_states)[4]
+    ref = outputs_and_grads(q, k, v, beta, s0, seed=6, backend="recurrent", cu_seqlens=cu)
+    results = {}
+    for saved in ("inputs", "intermediates"):
+        monkeypatch.setitem(LAUNCH, "backward", {"saved": saved})
+        results[saved] = outputs_and_grads(q, k, v, beta, s0, seed=6, backend="triton", cu_seqlens=cu,
+                                           chunk_size=32, allow_tf32=False)
+    assert_close(results["intermediates"], ref, FP32_BOUND)
+    for name, a, b in zip(NAMES, results["intermediates"], results["inputs"]):
+        assert torch.equal(a, b), name
+
+    monkeypatch.setitem(LAUNCH, "backward", {"saved": "everything"})
+    with pytest.raises(ValueError, match='LAUNCH\\["backward"\\]\\["saved"\\] must be "inputs"'):
+        outputs_and_grads(q, k, v, beta, s0, seed=6, backend="triton", cu_seqlens=cu)
+
+
+def test_triton_saved_intermediates_only_when_a_backward_will_run(monkeypatch):
+    """Under no_grad (inference, decoding prefill) the forward writes no intermediates."""
+    from deltanet.ops.triton import chunk as triton_chunk
+    from deltanet.ops.triton.common import LAUNCH
+
+    monkeypatch.setitem(LAUNCH, "backward", {"saved": "intermediates"})
+    seen, original = [], triton_chunk.chunk_delta_rule_op
+
+    def recording_op(*args):
+        seen.append(args[-1])  # save_intermediates
+        return original(*args)
+
+    monkeypatch.setattr(triton_chunk, "chunk_delta_rule_op", recording_op)
+    q, k, v, beta, _ = make_inputs(1, 40, 2, 16, 16, dtype=torch.float32, seed=23)
+    with torch.no_grad():
+        chunk_delta_rule(q, k, v, beta, backend="triton")
+    chunk_delta_rule(q, k, v, beta.requires_grad_(), backend="triton")
+    assert seen == [False, True]
+
+
+def test_set_launch_parses_and_refuses_with_the_known_names(monkeypatch):
+    from deltanet.ops.triton import common
+
+    monkeypatch.setattr(common, "LAUNCH", {name: dict(cfg) for name, cfg in common.LAUNCH.items()})
+    common.set_launch("wy.inverse=blocks16")
+    common.set_launch("state.num_warps=8")
+    common.set_launch("state.fuse_output='auto'")
+    assert common.LAUNCH["wy"]["inverse"] == "blocks16"
+    assert common.LAUNCH["state"]["num_warps"] == 8 and common.LAUNCH["state"]["fuse_output"] == "auto"
+    with pytest.raises(ValueError, match="unknown kernel 'sate'.*known: wy, state"):
+        common.set_launch("sate.num_warps=8")
+    with pytest.raises(ValueError, match="unknown key 'warps' for 'state'; known: num_warps"):
+        common.set_launch("state.warps=8")
+    with pytest.raises(ValueError, match="KERNEL.KEY=VALUE"):
+        common.set_launch("state=8")

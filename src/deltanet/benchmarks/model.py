@@ -479,6 +479,11 @@ def main(argv: list[str] | None = None) -> dict:
         choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
         help="torch.compile mode of the compiled rows (reduce-overhead: CUDA graphs; default: default)",
     )
+    parser.add_argument(
+        "--launch", action="append", default=[], metavar="KERNEL.KEY=VALUE",
+        help="override a Triton launch setting for every row (repeatable; see "
+        "deltanet.ops.triton.common.LAUNCH), e.g. backward.saved=intermediates or wy.inverse=blocks16",
+    )
     parser.add_argument("--decode-steps", type=int, default=32, help="timed decoding steps per context")
     parser.add_argument(
         "--decode-budget-s",
@@ -487,6 +492,15 @@ def main(argv: list[str] | None = None) -> dict:
         help="a model whose context took longer skips the longer ones (default 60)",
     )
     args = parser.parse_args(argv)
+    if args.launch:
+        from deltanet.ops.triton.common import LAUNCH, set_launch
+
+        for assignment in args.launch:
+            try:
+                set_launch(assignment)
+            except ValueError as error:
+                parser.error(f"--launch: {error}")
+        print(f"# launch settings: {LAUNCH}", flush=True)
 
     device = torch.device(args.device)
     fla = None

@@ -165,7 +165,30 @@ LAUNCH = {
     "output": {"num_warps": 4, "block_v": 64},
     "bwd_direct": {"num_warps": 4, "block_v": 64, "block_k": 64},
     "bwd_through_wy": {"num_warps": 4, "block_v": 64},
+    # saved: what the forward keeps for the backward, "inputs" (recompute the rest) or "intermediates"
+    # (chunk.py's docstring).
+    "backward": {"saved": "inputs"},
 }
+
+
+def set_launch(assignment: str) -> None:
+    """Apply "KERNEL.KEY=VALUE" to LAUNCH (benchmarks' --launch option): VALUE is a Python literal (4, True,
+    "auto") or else a bare string (blocks16). Unknown kernels and keys are errors that list the known ones."""
+    import ast
+
+    target, sep, text = assignment.partition("=")
+    kernel, dot_, key = target.partition(".")
+    if not sep or not dot_:
+        raise ValueError(f"launch setting must look like KERNEL.KEY=VALUE, got {assignment!r}")
+    if kernel not in LAUNCH:
+        raise ValueError(f"unknown kernel {kernel!r} in {assignment!r}; known: {', '.join(LAUNCH)}")
+    if key not in LAUNCH[kernel]:
+        raise ValueError(f"unknown key {key!r} for {kernel!r}; known: {', '.join(LAUNCH[kernel])}")
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    LAUNCH[kernel] = {**LAUNCH[kernel], key: value}
 
 
 def num_stages_for(dtype: torch.dtype) -> int:

@@ -167,13 +167,18 @@ def fuse_output_in_state_pass(V: int, K: int, num_seqs: int, H: int, device: tor
 
 
 def state_fwd(k, w, u, initial_state, output_final_state, cu_seqlens, chunk_offsets, num_seqs,
-              num_chunks, seq_len, chunk_size, dot_precision, q=None, scale=1.0, out_dtype=None):
-    """Without q: -> h [num_chunks, H, K, V] (dtype of k), U~ like u, final state [N, H, K, V] float32
-    or None. With q (the fused forward): -> o [B, T, H, V] in out_dtype, None, final state or None."""
+              num_chunks, seq_len, chunk_size, dot_precision, q=None, scale=1.0, out_dtype=None,
+              store_states=None):
+    """-> (o or None, h or None, U~ or None, final state or None).
+
+    With q (the fused forward): o [B, T, H, V] in out_dtype. store_states (default: when there is no q):
+    h [num_chunks, H, K, V] (dtype of k; num_chunks may be an upper bound, rows past the last chunk are left
+    unwritten) and U~ like u. The final state is [N, H, K, V] float32 when output_final_state."""
     H, K, V = k.shape[2], k.shape[3], u.shape[3]
     fuse = q is not None
-    h = None if fuse else k.new_empty(num_chunks, H, K, V)
-    u_tilde = None if fuse else torch.empty_like(u)
+    store_states = not fuse if store_states is None else store_states
+    h = k.new_empty(num_chunks, H, K, V) if store_states else None
+    u_tilde = torch.empty_like(u) if store_states else None
     o = u.new_empty(u.shape, dtype=out_dtype) if fuse else None
     final_state = k.new_empty(num_seqs, H, K, V, dtype=torch.float32) if output_final_state else None
     BV = value_block(V, K, num_seqs, H, k.device)
@@ -181,11 +186,11 @@ def state_fwd(k, w, u, initial_state, output_final_state, cu_seqlens, chunk_offs
         q, k, w, u, h, u_tilde, o, initial_state, final_state, cu_seqlens, chunk_offsets, scale,
         seq_len, H, K, V, chunk_size, block_dim(K), BV,
         HAS_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=final_state is not None,
-        FUSE_OUTPUT=fuse, STORE_STATES=not fuse, IS_VARLEN=cu_seqlens is not None,
+        FUSE_OUTPUT=fuse, STORE_STATES=store_states, IS_VARLEN=cu_seqlens is not None,
         DOT_PRECISION=dot_precision,
         num_warps=LAUNCH["state"]["num_warps"], num_stages=num_stages_for(k.dtype),
     )
-    return (o, None, final_state) if fuse else (h, u_tilde, final_state)
+    return o, h, u_tilde, final_state
 
 
 def state_bwd(q, k, w, do, final_state_grad, need_initial_state_grad, scale, cu_seqlens, chunk_offsets,
