@@ -3,11 +3,13 @@ cross-entropy)
 at a 340M model's sizes: the Triton path's error against float64, beside the PyTorch path's in the same dtype
 (the Triton path must be no worse than 2x the PyTorch path, flash-attention's rule), and both paths' times.
 
-Run on a GPU: PYTHONPATH=src python benchmarks/check_model_ops.py   (exit code 1 if a check fails)
+Run on a GPU: PYTHONPATH=src python benchmarks/check_model_ops.py [--only NAME] [--qkv-dz-dtype input]
+(exit code 1 if a check fails)
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import torch
@@ -58,11 +60,23 @@ def run(fn, inputs, backend, dy):
     return [out, *grads]
 
 
-def main():
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="", help="only the cases whose name contains this text")
+    parser.add_argument("--qkv-dz-dtype", choices=["float32", "input"], default=None,
+                        help="qkv_features' backward: dz in float32 or the input's dtype (default: LAUNCH's)")
+    args = parser.parse_args(argv)
+    if args.qkv_dz_dtype:
+        from deltanet.ops.triton import qkv_features as qkv_kernels
+
+        qkv_kernels.LAUNCH["bwd"] = {**qkv_kernels.LAUNCH["bwd"], "dz_dtype": args.qkv_dz_dtype}
     ok = True
     rows = []
     for dtype in (torch.bfloat16, torch.float32):
         for name, (fn, inputs) in cases(dtype).items():
+            if args.only not in name:
+                continue
             with torch.no_grad():
                 shape = fn(*inputs, "torch").shape
             dy = torch.randn(shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))

@@ -1,6 +1,6 @@
 """Sweep the Triton kernels' launch settings (warps, block sizes) on the GPU; print the best per kernel.
 
-Run: PYTHONPATH=src python benchmarks/sweep_launch.py [--out DIR]
+Run: PYTHONPATH=src python benchmarks/sweep_launch.py [--out DIR] [--only wy,state]
 Times each launch alone (do_bench median) at the benchmark's long-batch and long-sequence shapes and the
 340M model's shape; the wy rows include the inverse by 16 x 16 diagonal blocks (common.LAUNCH["wy"]).
 """
@@ -57,7 +57,10 @@ def main():
     fns = {shape: setup(*shape) for shape in shapes}
     default = {name: dict(cfg) for name, cfg in LAUNCH.items()}
     results, best = [], {}
+    only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else list(GRID)
     for name, grid in GRID.items():
+        if name not in only:
+            continue
         keys = list(grid)
         scored = []
         for values in itertools.product(*grid.values()):

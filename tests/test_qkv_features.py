@@ -112,9 +112,14 @@ def test_equals_the_separate_ops(backend):
 
 
 @needs_triton
-def test_float16_error_within_that_of_the_torch_path():
+@pytest.mark.parametrize("dz_dtype", ["float32", "input"])
+def test_float16_error_within_that_of_the_torch_path(monkeypatch, dz_dtype):
     """float16 (the interpreter's bfloat16 conversion truncates; see test_short_conv): the kernels' error
-    against float64 at most 2x (outputs) and 3x (gradients) that of the PyTorch path in float16."""
+    against float64 at most 2x (outputs) and 3x (gradients) that of the PyTorch path in float16, with the
+    backward's dz kept in float32 or rounded to the input's dtype."""
+    from deltanet.ops.triton import qkv_features as kernels
+
+    monkeypatch.setitem(kernels.LAUNCH, "bwd", {**kernels.LAUNCH["bwd"], "dz_dtype": dz_dtype})
     cu = torch.tensor([0, 2, 40, 41, 70])
     qkv, weight = make_inputs(1, 70, 2, 24, dtype=torch.float16, seed=5)
     ref = outputs_and_grads(qkv, weight, 2, seed=4, backend="reference", cu_seqlens=cu)

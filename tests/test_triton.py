@@ -169,14 +169,17 @@ def test_triton_recurrent_steps_continue_a_chunked_prefill():
     assert rel_err(state, s_ref) <= FP32_BOUND
 
 
+@pytest.mark.parametrize("inverse", ["blocks16", "doubling"])
 @pytest.mark.parametrize("chunk_size", [16, 32, 64])
-def test_triton_inverse_by_diagonal_blocks_matches_float64_recurrence(monkeypatch, chunk_size):
-    """The wy launch's alternative inverse (16 x 16 diagonal blocks first), forward and backward, float32 at
-    float32 accuracy, a sequence that ends inside a chunk."""
+def test_triton_wy_inverses_match_float64_recurrence(monkeypatch, chunk_size, inverse):
+    """Both inverses of the wy launch (16 x 16 diagonal blocks first, the default, or doubling on the full
+    tile), forward and the backward's recomputation, float32 at float32 accuracy, a sequence that ends inside
+    a chunk."""
     from deltanet.ops.triton import wy
     from deltanet.ops.triton.common import LAUNCH
 
-    monkeypatch.setitem(LAUNCH, "wy", {**LAUNCH["wy"], "inverse": "blocks16"})
+    monkeypatch.setitem(LAUNCH, "wy", {**LAUNCH["wy"], "inverse": inverse})
+    monkeypatch.setitem(LAUNCH, "backward", {"saved": "inputs"})  # so that the backward launches wy too
     launched = []
 
     class Recorder:  # records the wy launches' INVERSE_BY_BLOCKS, then launches as usual
@@ -201,7 +204,7 @@ def test_triton_inverse_by_diagonal_blocks_matches_float64_recurrence(monkeypatc
     out = outputs_and_grads(q, k, v, beta, s0, seed=8, backend="triton", chunk_size=chunk_size, cu_seqlens=cu,
                             allow_tf32=False)
     assert_close(out, ref, FP32_BOUND)
-    assert launched == [True, True] * 2  # the forward and the backward's recomputation, twice
+    assert launched == [inverse == "blocks16"] * 4  # the forward and the backward's recomputation, twice
     monkeypatch.setitem(LAUNCH, "wy", {**LAUNCH["wy"], "inverse": "block16"})
     with pytest.raises(ValueError, match='LAUNCH\\["wy"\\]\\["inverse"\\] must be "doubling" or "blocks16"'):
         outputs_and_grads(q, k, v, beta, s0, seed=8, backend="triton", cu_seqlens=cu)

@@ -30,6 +30,7 @@ Smoke test on a CPU:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -217,50 +218,101 @@ def time_training(model, optimizer, ids, device: torch.device, warmup: int, step
     return statistics.median(times), peak_memory_gib(device), loss.item()
 
 
+def launch_variant(name: str) -> tuple[str, list[str]]:
+    """"deltanet compiled [wy.inverse=doubling; backward.saved=inputs]" -> ("deltanet compiled", [the two
+    settings]): a row of the same model with Triton launch settings of its own (model.py's --launch syntax),
+    so that variants are timed side by side in one process."""
+    base, bracket, rest = name.partition(" [")
+    if not bracket:
+        return name, []
+    return base, [part.strip() for part in rest.removesuffix("]").split(";") if part.strip()]
+
+
+def apply_launch_settings(assignments: list[str]) -> None:
+    """"KERNEL.KEY=VALUE" settings (main's --launch) into the Triton launch tables: common.LAUNCH, or
+    qkv_features.LAUNCH for names prefixed "qkv_features."."""
+    from deltanet.ops.triton import qkv_features
+    from deltanet.ops.triton.common import set_launch
+
+    for assignment in assignments:
+        table = qkv_features.LAUNCH if assignment.startswith("qkv_features.") else None
+        set_launch(assignment.removeprefix("qkv_features."), table)
+
+
+@contextlib.contextmanager
+def launch_settings(assignments: list[str]):
+    """apply_launch_settings for the duration of the block, then the tables as they were."""
+    if not assignments:
+        yield
+        return
+    from deltanet.ops.triton import qkv_features
+    from deltanet.ops.triton.common import LAUNCH
+
+    saved = [(table, {name: dict(cfg) for name, cfg in table.items()})
+             for table in (LAUNCH, qkv_features.LAUNCH)]
+    try:
+        apply_launch_settings(assignments)
+        yield
+    finally:
+        for table, copy in saved:
+            table.clear()
+            table.update(copy)
+
+
 def run_training(size, shapes, device, warmup, steps, fla, compiled=False, only=None,
                  compile_mode="default") -> list[dict]:
-    """Time a training step of each model (all, or the names in `only`, in that order) at each shape."""
+    """Time a training step of each model (all, or the names in `only`, in that order) at each shape.
+    A name in `only` may carry launch settings of its own: "deltanet compiled [wy.inverse=doubling]"."""
     rows = []
     builders = model_builders(size, fla, compiled, compile_mode)
-    unknown = sorted(set(only or ()) - set(builders))
+    unknown = sorted({launch_variant(name)[0] for name in only or ()} - set(builders))
     if unknown:
         raise SystemExit(f"--models: unknown {', '.join(unknown)}; this run has {', '.join(builders)}")
     for name in only or list(builders):
-        config, mixer, build = builders[name]
-        progress("train", f"building {name} ({size})")
-        model = build_on(device, build).train()
-        num_params = sum(p.numel() for p in model.parameters())
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-        for batch, seq_len in shapes:
-            progress("train", f"{name} {batch}x{seq_len}: {warmup} warm-up + {steps} timed steps")
-            row = dict(model=name, batch=batch, seq_len=seq_len, params=num_params)
-            try:
-                ids = random_tokens(batch, seq_len, config.vocab_size, device)
-                step_s, peak_gib, loss = time_training(model, optimizer, ids, device, warmup, steps)
-                tokens_per_s = batch * seq_len / step_s
-                tflops = flops_per_token(model, config, mixer, seq_len) * tokens_per_s / 1e12
-                row.update(
-                    step_s=step_s,
-                    tokens_per_s=tokens_per_s,
-                    peak_gib=peak_gib,
-                    loss=loss,
-                    model_tflops=tflops,
-                )
-                peak = "" if peak_gib is None else f", peak {peak_gib:.1f} GiB"
-                progress(
-                    "train", f"{name} {batch}x{seq_len}: {tokens_per_s:,.0f} tokens/s, loss {loss:.3f}{peak}"
-                )
-            except RuntimeError as error:
-                if not is_out_of_memory(error):
-                    raise
-                row.update(error="out of memory")
-                progress("train", f"{name} {batch}x{seq_len}: out of memory")
-            optimizer.zero_grad(set_to_none=True)
-            ids = None
-            free_memory(device)
-            rows.append(row)
-        del model, optimizer
+        base, assignments = launch_variant(name)
+        with launch_settings(assignments):
+            rows.extend(train_rows(name, builders[base], size, shapes, device, warmup, steps))
+    return rows
+
+
+def train_rows(name, builder, size, shapes, device, warmup, steps) -> list[dict]:
+    """run_training's rows for one model at each shape."""
+    rows = []
+    config, mixer, build = builder
+    progress("train", f"building {name} ({size})")
+    model = build_on(device, build).train()
+    num_params = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    for batch, seq_len in shapes:
+        progress("train", f"{name} {batch}x{seq_len}: {warmup} warm-up + {steps} timed steps")
+        row = dict(model=name, batch=batch, seq_len=seq_len, params=num_params)
+        try:
+            ids = random_tokens(batch, seq_len, config.vocab_size, device)
+            step_s, peak_gib, loss = time_training(model, optimizer, ids, device, warmup, steps)
+            tokens_per_s = batch * seq_len / step_s
+            tflops = flops_per_token(model, config, mixer, seq_len) * tokens_per_s / 1e12
+            row.update(
+                step_s=step_s,
+                tokens_per_s=tokens_per_s,
+                peak_gib=peak_gib,
+                loss=loss,
+                model_tflops=tflops,
+            )
+            peak = "" if peak_gib is None else f", peak {peak_gib:.1f} GiB"
+            progress(
+                "train", f"{name} {batch}x{seq_len}: {tokens_per_s:,.0f} tokens/s, loss {loss:.3f}{peak}"
+            )
+        except RuntimeError as error:
+            if not is_out_of_memory(error):
+                raise
+            row.update(error="out of memory")
+            progress("train", f"{name} {batch}x{seq_len}: out of memory")
+        optimizer.zero_grad(set_to_none=True)
+        ids = None
         free_memory(device)
+        rows.append(row)
+    del model, optimizer
+    free_memory(device)
     return rows
 
 
@@ -481,8 +533,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument(
         "--launch", action="append", default=[], metavar="KERNEL.KEY=VALUE",
-        help="override a Triton launch setting for every row (repeatable; see "
-        "deltanet.ops.triton.common.LAUNCH), e.g. backward.saved=intermediates or wy.inverse=blocks16",
+        help="override a Triton launch setting for every row (repeatable; the tables are LAUNCH in "
+        "deltanet.ops.triton.common and, prefixed qkv_features., in deltanet.ops.triton.qkv_features), e.g. "
+        "backward.saved=intermediates, wy.inverse=blocks16, qkv_features.bwd.dz_dtype=input",
     )
     parser.add_argument("--decode-steps", type=int, default=32, help="timed decoding steps per context")
     parser.add_argument(
@@ -493,14 +546,14 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
     if args.launch:
-        from deltanet.ops.triton.common import LAUNCH, set_launch
+        from deltanet.ops.triton import qkv_features
+        from deltanet.ops.triton.common import LAUNCH
 
-        for assignment in args.launch:
-            try:
-                set_launch(assignment)
-            except ValueError as error:
-                parser.error(f"--launch: {error}")
-        print(f"# launch settings: {LAUNCH}", flush=True)
+        try:
+            apply_launch_settings(args.launch)
+        except ValueError as error:
+            parser.error(f"--launch: {error}")
+        print(f"# launch settings: {LAUNCH}, qkv_features {qkv_features.LAUNCH}", flush=True)
 
     device = torch.device(args.device)
     fla = None

@@ -158,37 +158,42 @@ def chunk_tables(cu_seqlens: torch.Tensor | None, batch: int, seq_len: int, chun
 # block_v_small (more programs for the sequential pass: long sequences with few heads). fuse_output:
 # "auto", True or False (see state.fuse_output_in_state_pass).
 LAUNCH = {
-    # inverse: "doubling" (full-tile recursive doubling, measured) or "blocks16" (16 x 16 diagonal blocks
-    # first, common.diagonal_blocks_inverse; correct in the interpreter, not yet timed on a GPU).
-    "wy": {"num_warps": 4, "block_v": 64, "inverse": "doubling"},
+    # inverse: "doubling" (full-tile recursive doubling) or "blocks16" (16 x 16 diagonal blocks first,
+    # diagonal_blocks_inverse): the wy launch 0.197 -> 0.167 ms at B=8 T=2048 H=16, 0.106 -> 0.088 ms at the
+    # 340M model's H=8 (H100, 2026-11-27, benchmarks/sweep_launch.py --only wy).
+    "wy": {"num_warps": 4, "block_v": 64, "inverse": "blocks16"},
     "state": {"num_warps": 4, "block_v": 64, "block_v_small": 32, "fuse_output": True},
     "output": {"num_warps": 4, "block_v": 64},
     "bwd_direct": {"num_warps": 4, "block_v": 64, "block_k": 64},
     "bwd_through_wy": {"num_warps": 4, "block_v": 64},
     # saved: what the forward keeps for the backward, "inputs" (recompute the rest) or "intermediates"
-    # (chunk.py's docstring).
-    "backward": {"saved": "inputs"},
+    # (chunk.py's docstring): forward+backward 1.18-1.26x faster at H=16 with the op's own peak memory
+    # unchanged (the recompute allocated the same tensors); a 24-layer 340M model keeps ~4 GiB more
+    # (benchmarks/op_variants.py and the model benchmark, H100, 2026-11-27).
+    "backward": {"saved": "intermediates"},
 }
 
 
-def set_launch(assignment: str) -> None:
-    """Apply "KERNEL.KEY=VALUE" to LAUNCH (benchmarks' --launch option): VALUE is a Python literal (4, True,
-    "auto") or else a bare string (blocks16). Unknown kernels and keys are errors that list the known ones."""
+def set_launch(assignment: str, table: dict | None = None) -> None:
+    """Apply "KERNEL.KEY=VALUE" to a launch table (benchmarks' --launch option; default this module's LAUNCH):
+    VALUE is a Python literal (4, True, "auto") or else a bare string (blocks16). Unknown kernels and keys
+    are errors that list the known ones."""
     import ast
 
+    table = LAUNCH if table is None else table
     target, sep, text = assignment.partition("=")
     kernel, dot_, key = target.partition(".")
     if not sep or not dot_:
         raise ValueError(f"launch setting must look like KERNEL.KEY=VALUE, got {assignment!r}")
-    if kernel not in LAUNCH:
-        raise ValueError(f"unknown kernel {kernel!r} in {assignment!r}; known: {', '.join(LAUNCH)}")
-    if key not in LAUNCH[kernel]:
-        raise ValueError(f"unknown key {key!r} for {kernel!r}; known: {', '.join(LAUNCH[kernel])}")
+    if kernel not in table:
+        raise ValueError(f"unknown kernel {kernel!r} in {assignment!r}; known: {', '.join(table)}")
+    if key not in table[kernel]:
+        raise ValueError(f"unknown key {key!r} for {kernel!r}; known: {', '.join(table[kernel])}")
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         value = text
-    LAUNCH[kernel] = {**LAUNCH[kernel], key: value}
+    table[kernel] = {**table[kernel], key: value}
 
 
 def num_stages_for(dtype: torch.dtype) -> int:

@@ -8,9 +8,10 @@ a program picks its output by a branch on which third of the channels it covers.
 
 Backward, with g the gradient of a normalised head y * r (r = (|y|^2 + eps)^-1/2):
     dy = r (g - yhat (yhat . g)),   yhat = y r,   then dz = dy * silu'(z) as in the plain conv.
-The first launch recomputes z, y and r from x and writes dz (float32) over all 3HD channels; the second sums
-the W shifted dz tiles into dx, and from the same tiles and one load of x forms this tile's partial sums of
-dw[W - 1 - i] = sum_s dz_{s + i} x_s (PyTorch adds the partials: deterministic, no atomics).
+The first launch recomputes z, y and r from x and writes dz (in x's dtype by default, LAUNCH) over all 3HD
+channels; the second sums the W shifted dz tiles into dx, and from the same tiles and one load of x forms
+this tile's partial sums of dw[W - 1 - i] = sum_s dz_{s + i} x_s (PyTorch adds the partials: deterministic,
+no atomics).
 
 This replaces, per DeltaNet layer, three conv launches forward and six backward plus two L2-norm launches
 each way (a profile of the 340M model's compiled step on an H100, 2026-11-27: those launches took ~19 ms of a
@@ -30,12 +31,17 @@ from deltanet.ops.triton.short_conv import conv_tile, short_conv_dx_dw, token_ti
 # Tokens per program; a program covers one head (BLOCK_D = next power of two of D channels); dx/dw tiles
 # over all 3HD channels. From benchmarks/sweep_qkv_features.py on an H100 (2026-11-27, [8, 2048, 3 x 8 x 128]
 # bf16): forward 88 us at 32 tokens / 4 warps (2.3 TB/s; 91-415 us for the other settings); backward 389 us
-# at 16 / 4 with 64 x 128 dx tiles. Measured and dropped: dw summed in the dz launch (the plain conv's
-# layout, 419 us at best); one fused launch recomputing dz at the W shifts (749 us at best); dx/dw programs
-# walking several tiles and reducing dw once (381 us at best: the per-tile reductions were not the cost).
+# at 16 / 4 with 64 x 128 dx tiles and dz in float32. Measured and dropped: dw summed in the dz launch (the
+# plain conv's layout, 419 us at best); one fused launch recomputing dz at the W shifts (749 us at best);
+# dx/dw programs walking several tiles and reducing dw once (381 us at best: the per-tile reductions were not
+# the cost).
+# dz_dtype: "float32" (one rounding less in dx and dw) or "input" (x's dtype: the backward moves 12 instead of
+# 16 bytes per channel and token in bf16): 390 -> 344 us at 16 tokens / 4 warps (the best setting of each,
+# 339.5 us at 32 / 4), bf16 error against float64 2.35e-3 vs 1.67e-3 for PyTorch's path (within the 2x
+# rule of benchmarks/check_model_ops.py); float32 inputs are unaffected (H100, 2026-11-27).
 LAUNCH = {
     "fwd": {"block_t": 32, "num_warps": 4},
-    "bwd": {"block_t": 16, "num_warps": 4},
+    "bwd": {"block_t": 16, "num_warps": 4, "dz_dtype": "input"},
     "dx": {"block_t": 64, "block_c": 128, "num_warps": 4},
 }
 
@@ -111,7 +117,7 @@ def qkv_features_dz_kernel(
     W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     IS_VARLEN: tl.constexpr, NORMALIZE_QK: tl.constexpr,
 ):
-    """dz [B, T, 3HD] float32: the output gradient through the norms and SiLU."""
+    """dz [B, T, 3HD] (float32 or x's dtype): the output gradient through the norms and SiLU."""
     i_t, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     C = 3 * H * D
     offs_t, mask_t, pos, base = token_tile(i_t, i_b, T, C, doc_position, BLOCK_T, IS_VARLEN)
@@ -121,7 +127,7 @@ def qkv_features_dz_kernel(
     b_dz = head_dz(x + base, weight, dq, dk, dv, i_h // H, i_b, i_h, offs_t, pos, mask_t, offs_d, mask_d,
                    T, H, D, C, eps, W, BLOCK_T, BLOCK_D, NORMALIZE_QK)
     offsets = offs_t.to(tl.int64)[:, None] * C + offs_c[None, :]
-    tl.store(dz + base + offsets, b_dz, mask=mask_t[:, None] & mask_d[None, :])
+    tl.store(dz + base + offsets, b_dz.to(dz.dtype.element_ty), mask=mask_t[:, None] & mask_d[None, :])
 
 
 def qkv_features_fwd_launch(x, weight, doc_position, num_heads: int, normalize_qk: bool, eps: float):
@@ -148,7 +154,8 @@ def qkv_features_bwd_launch(x, weight, doc_position, num_heads: int, normalize_q
     D = C // (3 * H)
     is_varlen = doc_position is not None
     block_t = min(LAUNCH["bwd"]["block_t"], max(16, next_power_of_2(T)))
-    dz = torch.empty(B, T, C, device=x.device, dtype=torch.float32)  # float32: one rounding less in dx
+    dz_dtype = {"float32": torch.float32, "input": x.dtype}[LAUNCH["bwd"]["dz_dtype"]]
+    dz = torch.empty(B, T, C, device=x.device, dtype=dz_dtype)
     qkv_features_dz_kernel[(cdiv(T, block_t), 3 * H, B)](
         x, weight, doc_position, dq, dk, dv, dz, T, H, D, eps, W, block_t, max(16, next_power_of_2(D)),
         IS_VARLEN=is_varlen, NORMALIZE_QK=normalize_qk, num_warps=LAUNCH["bwd"]["num_warps"],

@@ -144,7 +144,8 @@ def short_conv_dx_dw_kernel(
             valid = valid & (tl.load(doc_position + rows, mask=valid, other=0) >= i)
         w_i = tl.load(weight + offs_c * W + (W - 1 - i), mask=mask_c, other=0.0)
         dz_offsets = rows.to(tl.int64)[:, None] * C + offs_c[None, :]
-        dz_i = tl.load(dz + base + dz_offsets, mask=valid[:, None] & mask_c[None, :], other=0.0)
+        dz_mask = valid[:, None] & mask_c[None, :]
+        dz_i = tl.load(dz + base + dz_offsets, mask=dz_mask, other=0.0).to(tl.float32)
         b_dx += dz_i * w_i[None, :]
         tl.store(p_dw + (W - 1 - i), tl.sum(dz_i * b_x, axis=0), mask=mask_c)
     tl.store(dx + base + offsets, b_dx.to(dx.dtype.element_ty), mask=mask_t[:, None] & mask_c[None, :])
@@ -152,7 +153,8 @@ def short_conv_dx_dw_kernel(
 
 def short_conv_dx_dw(dz: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                      doc_position: torch.Tensor | None, launch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """dz [B, T, C] float32 (the gradient before the conv's taps), x and weight as in the forward -> dx like
+    """dz [B, T, C] (the gradient before the conv's taps; float32, or x's dtype to move half the bytes), x and
+    weight as in the forward -> dx like
     x and dweight [C, W] float32 (partial sums per tile, added by PyTorch: deterministic, no atomics).
     launch: {"block_t", "block_c", "num_warps"}."""
     B, T, C = x.shape
