@@ -31,3 +31,38 @@ def test_model_benchmark_runs_on_cpu_and_writes_json(tmp_path, capsys):
     assert abs(cache["transformer++", 24] - cache["transformer++", 8] - 16 * per_token_mib) < 1e-9
     last_line = capsys.readouterr().out.rstrip().splitlines()[-1]
     assert last_line.split()[:2] == ["transformer++", "24"]  # the tables come last, decoding at the end
+
+
+def test_launch_settings_apply_per_row_and_are_restored(tmp_path, monkeypatch):
+    """--launch and a row's own settings ("name [KERNEL.KEY=VALUE; ...]") hold while that row runs; the
+    tables are as they were afterwards; a bad setting stops the run before any row."""
+    import copy
+
+    import pytest
+
+    from deltanet.ops.triton import common, qkv_features
+
+    before = copy.deepcopy((common.LAUNCH, qkv_features.LAUNCH))
+    seen = {}
+    original = model_benchmark.train_rows
+
+    def recording_train_rows(name, *args):
+        seen[name] = (common.LAUNCH["state"]["num_warps"], common.LAUNCH["wy"]["inverse"],
+                      qkv_features.LAUNCH["bwd"]["dz_dtype"])
+        return original(name, *args)
+
+    monkeypatch.setattr(model_benchmark, "train_rows", recording_train_rows)
+    argv = ["--out", str(tmp_path), "--device", "cpu", "--preset", "debug", "--shapes", "1x16",
+            "--steps", "1", "--warmup", "1", "--sections", "train", "--launch", "state.num_warps=8",
+            "--models", "deltanet", "deltanet [wy.inverse=doubling; qkv_features.bwd.dz_dtype=float32]"]
+    model_benchmark.main(argv)
+    assert seen == {
+        "deltanet": (8, before[0]["wy"]["inverse"], before[1]["bwd"]["dz_dtype"]),
+        "deltanet [wy.inverse=doubling; qkv_features.bwd.dz_dtype=float32]": (8, "doubling", "float32"),
+    }
+    assert (common.LAUNCH, qkv_features.LAUNCH) == before
+    with pytest.raises(SystemExit):
+        model_benchmark.main(argv[:-1] + ["deltanet [state.num_warps=many]"])
+    with pytest.raises(SystemExit):
+        model_benchmark.main(argv[:14] + ["--launch", "sate.num_warps=8"])
+    assert (common.LAUNCH, qkv_features.LAUNCH) == before

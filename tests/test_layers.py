@@ -332,6 +332,45 @@ def test_projection_hooks_and_adapters_are_honoured(name):
     assert mixer.projections_fusable() and (mixer(x, info) - plain).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_beta_projection_joins_the_qkv_matmul(monkeypatch, padded):
+    """DeltaNet's beta logits come out of the fused q|k|v matmul (passed through the feature op): the same
+    output and gradients as with b_proj called on its own; a hook on b_proj turns the fusion off."""
+    mixer = make_mixer("deltanet")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 7, HIDDEN, dtype=torch.float64, generator=g)
+    if padded:
+        info = padded_info(torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]], dtype=torch.bool))
+    else:
+        info = SequenceInfo.contiguous(2, 7, x.device)
+    calls = []
+    original = mixer.write_strength
+
+    def recording_write_strength(hidden_states, info, logits=None):
+        calls.append(logits is not None)
+        return original(hidden_states, info, logits)
+
+    monkeypatch.setattr(mixer, "write_strength", recording_write_strength)
+    results = {}
+    for fused in (True, False):
+        monkeypatch.setattr(type(mixer), "fuse_extra_projections", fused)
+        mixer.zero_grad()
+        out = mixer(x, info)
+        do = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+        (out * do).sum().backward()
+        results[fused] = [out.detach(), mixer.b_proj.weight.grad.clone(), mixer.q_proj.weight.grad.clone()]
+    assert calls == [True, False]
+    for a, b in zip(results[True], results[False]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert results[True][1].abs().max() > 0  # beta's projection does get a gradient through the fused path
+    monkeypatch.setattr(type(mixer), "fuse_extra_projections", True)
+    handle = mixer.b_proj.register_forward_hook(lambda module, args, out: out + 1)
+    calls.clear()
+    hooked = mixer(x, info)
+    handle.remove()
+    assert calls == [False] and (hooked - results[True][0]).abs().max() > 1e-6
+
+
 @pytest.mark.parametrize("name", ["deltanet", "linear-attn"])
 def test_packed_prefill_into_a_cache_is_refused(name):
     mixer = make_mixer(name)

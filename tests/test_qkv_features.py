@@ -111,15 +111,78 @@ def test_equals_the_separate_ops(backend):
         assert rel_err(fused, separate) <= FP32_BOUND
 
 
+@pytest.mark.parametrize("backend,fused", [
+    ("torch", False),
+    pytest.param("triton", False, marks=needs_triton),
+    pytest.param("triton", True, marks=needs_triton),
+])
+def test_passthrough_channels_come_back_with_their_gradient(monkeypatch, backend, fused):
+    """qkv = [features | E other channels] (one matmul for q|k|v and, say, beta's logits): the features are
+    those of the first 3HD channels alone, the E channels come back as they are, and the gradient of qkv is
+    the features' gradient next to the passed-through channels' own."""
+    if backend == "triton":
+        from deltanet.ops.triton import qkv_features as kernels
+
+        monkeypatch.setitem(kernels.LAUNCH, "bwd", {**kernels.LAUNCH["bwd"], "fused": fused})
+    E = 3
+    lengths = [5, 30, 2]
+    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    qkv, weight = make_inputs(1, sum(lengths), 2, 16, seed=13)
+    extra = torch.randn(1, sum(lengths), E, generator=torch.Generator().manual_seed(14))
+    ref = outputs_and_grads(qkv, weight, 2, seed=5, backend="reference", cu_seqlens=cu)
+    leaves = [torch.cat([qkv, extra], -1).requires_grad_(), weight.clone().requires_grad_()]
+    q, k, v, passed = qkv_features(*leaves, 2, cu_seqlens=cu, backend=backend, passthrough=E)
+    assert passed.shape == (1, sum(lengths), E) and torch.equal(passed, extra)
+    g = torch.Generator().manual_seed(5)  # the same output gradients as outputs_and_grads draws
+    loss = sum((o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in (q, k, v))
+    d_passed = torch.randn(passed.shape, generator=g)
+    loss = loss + (passed.double() * d_passed.double()).sum()
+    dqkv, dweight = torch.autograd.grad(loss, leaves)
+    assert_close([q, k, v, dqkv[..., :-E], dweight], ref, FP32_BOUND)
+    assert torch.equal(dqkv[..., -E:], d_passed)
+
+
 @needs_triton
-@pytest.mark.parametrize("dz_dtype", ["float32", "input"])
-def test_float16_error_within_that_of_the_torch_path(monkeypatch, dz_dtype):
-    """float16 (the interpreter's bfloat16 conversion truncates; see test_short_conv): the kernels' error
-    against float64 at most 2x (outputs) and 3x (gradients) that of the PyTorch path in float16, with the
-    backward's dz kept in float32 or rounded to the input's dtype."""
+@pytest.mark.parametrize("lengths,W,block_t", [
+    (None, 4, 16), (None, 1, 32), (None, 8, 16),
+    ([1, 3, 0, 40, 2, 24], 4, 32),  # documents shorter than W, empty, across tile boundaries (29 emitted)
+    ([9, 10, 51], 8, 16),           # boundaries at and next to the tiles' edges (9 tokens emitted per tile)
+])
+def test_fused_backward_matches_float64_reference(monkeypatch, block_t, lengths, W):
+    """The one-launch backward (dz in registers, shifted with tl.gather, tiles overlapping by W - 1
+    tokens)."""
     from deltanet.ops.triton import qkv_features as kernels
 
-    monkeypatch.setitem(kernels.LAUNCH, "bwd", {**kernels.LAUNCH["bwd"], "dz_dtype": dz_dtype})
+    monkeypatch.setitem(kernels.LAUNCH, "bwd", {**kernels.LAUNCH["bwd"], "fused": True})
+    monkeypatch.setitem(kernels.LAUNCH, "bwd_fused", {**kernels.LAUNCH["bwd_fused"], "block_t": block_t})
+    launched = []
+    kernel = kernels.qkv_features_bwd_fused_kernel
+
+    class Recorder:  # proves the fused launch ran
+        def __getitem__(self, grid):
+            launched.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(kernels, "qkv_features_bwd_fused_kernel", Recorder())
+    cu = None if lengths is None else torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    B, T = (2, 70) if lengths is None else (1, sum(lengths))
+    qkv, weight = make_inputs(B, T, 2, 24, W, seed=6 + W)
+    ref = outputs_and_grads(qkv, weight, 2, seed=3, backend="reference", cu_seqlens=cu)
+    out = outputs_and_grads(qkv, weight, 2, seed=3, backend="triton", cu_seqlens=cu)
+    assert_close(out, ref, FP32_BOUND)
+    assert len(launched) == 1
+
+
+@needs_triton
+@pytest.mark.parametrize("dz_dtype,fused", [("float32", False), ("input", False), ("input", True)])
+def test_float16_error_within_that_of_the_torch_path(monkeypatch, dz_dtype, fused):
+    """float16 (the interpreter's bfloat16 conversion truncates; see test_short_conv): the kernels' error
+    against float64 at most 2x (outputs) and 3x (gradients) that of the PyTorch path in float16, with the
+    backward's dz kept in float32 or rounded to the input's dtype, or kept in registers (fused)."""
+    from deltanet.ops.triton import qkv_features as kernels
+
+    bwd = {**kernels.LAUNCH["bwd"], "dz_dtype": dz_dtype, "fused": fused}
+    monkeypatch.setitem(kernels.LAUNCH, "bwd", bwd)
     cu = torch.tensor([0, 2, 40, 41, 70])
     qkv, weight = make_inputs(1, 70, 2, 24, dtype=torch.float16, seed=5)
     ref = outputs_and_grads(qkv, weight, 2, seed=4, backend="reference", cu_seqlens=cu)
@@ -160,6 +223,11 @@ def test_torch_path_gradcheck_float64():
     ({"weight": torch.zeros(47, 4)}, ValueError, r"weight must have shape \[C, W\] = \[48, W\]"),
     ({"qkv": torch.zeros(5, 48)}, ValueError, r"qkv must have shape \[B, T, C\]"),
     ({"qkv": torch.zeros(2, 5, 48), "cu_seqlens": torch.tensor([0, 5])}, ValueError, "B of qkv must be 1"),
+    ({"passthrough": -1}, ValueError, "passthrough must be an int >= 0"),
+    ({"passthrough": 48}, ValueError,
+     r"qkv must have shape \[B, T, 3 \* num_heads \* head_dim \+ passthrough\]"),
+    ({"qkv": torch.zeros(1, 5, 50), "passthrough": 3}, ValueError,
+     r"weight must have shape \[C, W\] = \[47, W\]"),
 ])
 def test_bad_inputs_name_the_argument(kwargs, error, match):
     args = {"qkv": torch.zeros(1, 5, 48), "weight": torch.zeros(48, 4), "num_heads": 2, **kwargs}

@@ -264,11 +264,24 @@ def test_triton_saved_intermediates_give_the_recomputed_gradients(monkeypatch, l
     q, k, v, beta, _ = make_inputs(B, T, 2, 16, 32, dtype=torch.float32, seed=21)
     s0 = make_inputs(1, 1, 2, 16, 32, dtype=torch.float32, seed=22, num_states=num_states)[4]
     ref = outputs_and_grads(q, k, v, beta, s0, seed=6, backend="recurrent", cu_seqlens=cu)
+    from deltanet.ops.triton import chunk as triton_chunk
+
+    launches = []
+    original_wy = triton_chunk.wy_fwd
+
+    def counting_wy(*args, **kwargs):
+        launches.append("wy")
+        return original_wy(*args, **kwargs)
+
+    monkeypatch.setattr(triton_chunk, "wy_fwd", counting_wy)
     results = {}
     for saved in ("inputs", "intermediates"):
         monkeypatch.setitem(LAUNCH, "backward", {"saved": saved})
+        launches.clear()
         results[saved] = outputs_and_grads(q, k, v, beta, s0, seed=6, backend="triton", cu_seqlens=cu,
                                            chunk_size=32, allow_tf32=False)
+        # the forward's wy launch, and the backward's recompute only when nothing was saved
+        assert launches == ["wy"] * (2 if saved == "inputs" else 1), saved
     assert_close(results["intermediates"], ref, FP32_BOUND)
     for name, a, b in zip(NAMES, results["intermediates"], results["inputs"]):
         assert torch.equal(a, b), name
@@ -292,10 +305,14 @@ def test_triton_saved_intermediates_only_when_a_backward_will_run(monkeypatch):
 
     monkeypatch.setattr(triton_chunk, "chunk_delta_rule_op", recording_op)
     q, k, v, beta, _ = make_inputs(1, 40, 2, 16, 16, dtype=torch.float32, seed=23)
-    with torch.no_grad():
+    chunk_delta_rule(q, k, v, beta, backend="triton")  # nothing requires grad
+    q, k, v, beta = (t.requires_grad_() for t in (q, k, v, beta))
+    with torch.no_grad():  # inputs that require grad, but no graph is recorded
         chunk_delta_rule(q, k, v, beta, backend="triton")
-    chunk_delta_rule(q, k, v, beta.requires_grad_(), backend="triton")
-    assert seen == [False, True]
+    with torch.inference_mode():
+        chunk_delta_rule(q, k, v, beta, backend="triton")
+    chunk_delta_rule(q, k, v, beta, backend="triton")
+    assert seen == [False, False, False, True]
 
 
 def test_set_launch_parses_and_refuses_with_the_known_names(monkeypatch):
@@ -313,3 +330,9 @@ def test_set_launch_parses_and_refuses_with_the_known_names(monkeypatch):
         common.set_launch("state.warps=8")
     with pytest.raises(ValueError, match="KERNEL.KEY=VALUE"):
         common.set_launch("state=8")
+    with pytest.raises(ValueError, match=r"state.num_warps takes a int \(now 8\), got '8.0'"):
+        common.set_launch("state.num_warps=8.0")
+    with pytest.raises(ValueError, match="state.fuse_output takes True, False or 'auto'"):
+        common.set_launch("state.fuse_output=false")  # would have been the truthy string 'false'
+    common.set_launch("state.fuse_output=False")
+    assert common.LAUNCH["state"]["fuse_output"] is False

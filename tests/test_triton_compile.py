@@ -36,7 +36,11 @@ def kernels() -> dict:
     from deltanet.ops.triton.backward import bwd_direct_kernel, bwd_through_wy_kernel
     from deltanet.ops.triton.cross_entropy import cross_entropy_bwd_kernel, cross_entropy_fwd_kernel
     from deltanet.ops.triton.output import output_kernel
-    from deltanet.ops.triton.qkv_features import qkv_features_dz_kernel, qkv_features_fwd_kernel
+    from deltanet.ops.triton.qkv_features import (
+        qkv_features_bwd_fused_kernel,
+        qkv_features_dz_kernel,
+        qkv_features_fwd_kernel,
+    )
     from deltanet.ops.triton.recurrent import recurrent_fwd_kernel
     from deltanet.ops.triton.row_norm import row_norm_bwd_kernel, row_norm_fwd_kernel
     from deltanet.ops.triton.short_conv import (
@@ -71,6 +75,18 @@ def kernels() -> dict:
                 "STORE_FINAL_STATE": True,
                 "FUSE_OUTPUT": True,
                 "STORE_STATES": False,
+            },
+        ),
+        "state_fwd (fused output, states kept for the backward)": (
+            state_fwd_kernel,
+            ["q", "k", "w", "u", "h", "u_tilde", "o", "h0", "ht", "cu_seqlens", "chunk_offsets"],
+            ["scale", "T"],
+            {
+                **BASE,
+                "HAS_INITIAL_STATE": True,
+                "STORE_FINAL_STATE": True,
+                "FUSE_OUTPUT": True,
+                "STORE_STATES": True,
             },
         ),
         "state_fwd (states for the backward)": (
@@ -171,20 +187,26 @@ def kernels() -> dict:
         "short_conv_dx_dw": (
             short_conv_dx_dw_kernel,
             ["dz", "x", "weight", "doc_position", "dx", "dweight_partial"],
-            ["T", "C"],
+            ["T", "C", "X_STRIDE"],
             {"W": 4, "BLOCK_T": 64, "BLOCK_C": 128, "IS_VARLEN": True},
         ),
         "qkv_features_fwd": (
             qkv_features_fwd_kernel,
             ["x", "weight", "doc_position", "q", "k", "v"],
-            ["T", "H", "D", "eps"],
+            ["T", "H", "D", "X_STRIDE", "eps"],
             {"W": 4, "BLOCK_T": 32, "BLOCK_D": 128, "IS_VARLEN": True, "NORMALIZE_QK": True},
         ),
         "qkv_features_dz": (
             qkv_features_dz_kernel,
             ["x", "weight", "doc_position", "dq", "dk", "dv", "dz"],
-            ["T", "H", "D", "eps"],
+            ["T", "H", "D", "X_STRIDE", "eps"],
             {"W": 4, "BLOCK_T": 16, "BLOCK_D": 128, "IS_VARLEN": True, "NORMALIZE_QK": True},
+        ),
+        "qkv_features_bwd_fused": (
+            qkv_features_bwd_fused_kernel,
+            ["x", "weight", "doc_position", "dq", "dk", "dv", "dx", "dweight_partial"],
+            ["T", "H", "D", "X_STRIDE", "eps"],
+            {"W": 4, "BLOCK_T": 32, "BLOCK_D": 128, "IS_VARLEN": True, "NORMALIZE_QK": True},
         ),
         "row_norm_fwd": (
             row_norm_fwd_kernel,

@@ -239,9 +239,14 @@ def apply_launch_settings(assignments: list[str]) -> None:
         set_launch(assignment.removeprefix("qkv_features."), table)
 
 
+class LaunchSettingError(ValueError):
+    """A --launch setting (or a row's) that set_launch refused."""
+
+
 @contextlib.contextmanager
 def launch_settings(assignments: list[str]):
-    """apply_launch_settings for the duration of the block, then the tables as they were."""
+    """apply_launch_settings for the duration of the block, then the tables as they were; a refused setting
+    raises LaunchSettingError."""
     if not assignments:
         yield
         return
@@ -251,7 +256,10 @@ def launch_settings(assignments: list[str]):
     saved = [(table, {name: dict(cfg) for name, cfg in table.items()})
              for table in (LAUNCH, qkv_features.LAUNCH)]
     try:
-        apply_launch_settings(assignments)
+        try:
+            apply_launch_settings(assignments)
+        except ValueError as error:
+            raise LaunchSettingError(str(error)) from None
         yield
     finally:
         for table, copy in saved:
@@ -268,6 +276,12 @@ def run_training(size, shapes, device, warmup, steps, fla, compiled=False, only=
     unknown = sorted({launch_variant(name)[0] for name in only or ()} - set(builders))
     if unknown:
         raise SystemExit(f"--models: unknown {', '.join(unknown)}; this run has {', '.join(builders)}")
+    for name in only or ():  # refuse a bad row setting before any row runs
+        try:
+            with launch_settings(launch_variant(name)[1]):
+                pass
+        except LaunchSettingError as error:
+            raise SystemExit(f"--models: {name!r}: {error}") from None
     for name in only or list(builders):
         base, assignments = launch_variant(name)
         with launch_settings(assignments):
@@ -545,16 +559,20 @@ def main(argv: list[str] | None = None) -> dict:
         help="a model whose context took longer skips the longer ones (default 60)",
     )
     args = parser.parse_args(argv)
-    if args.launch:
-        from deltanet.ops.triton import qkv_features
-        from deltanet.ops.triton.common import LAUNCH
+    try:
+        with launch_settings(args.launch):  # the tables as they were afterwards (main may run in a process)
+            if args.launch:
+                from deltanet.ops.triton import qkv_features
+                from deltanet.ops.triton.common import LAUNCH
 
-        try:
-            apply_launch_settings(args.launch)
-        except ValueError as error:
-            parser.error(f"--launch: {error}")
-        print(f"# launch settings: {LAUNCH}, qkv_features {qkv_features.LAUNCH}", flush=True)
+                print(f"# launch settings: {LAUNCH}, qkv_features {qkv_features.LAUNCH}", flush=True)
+            return run_benchmarks(args)
+    except LaunchSettingError as error:
+        parser.error(f"--launch: {error}")
 
+
+def run_benchmarks(args) -> dict:
+    """main's work, on parsed arguments."""
     device = torch.device(args.device)
     fla = None
     if device.type != "cuda" and not args.no_fla:

@@ -30,6 +30,8 @@ class DeltaNet(LinearRecurrentMixer):
         allow_tf32: Triton backend, float32 tensors: products in tf32 (default) or full float32.
     """
 
+    extra_projection_names = ("b",)  # beta's logits come out of the q|k|v matmul when it is fused
+
     def __init__(
         self,
         *args,
@@ -43,18 +45,22 @@ class DeltaNet(LinearRecurrentMixer):
         self.allow_tf32 = allow_tf32
         self.b_proj = nn.Linear(self.hidden_size, self.num_heads, bias=False)
 
-    def write_strength(self, hidden_states: torch.Tensor, info: SequenceInfo) -> torch.Tensor:
+    def write_strength(self, hidden_states: torch.Tensor, info: SequenceInfo,
+                       logits: torch.Tensor | None = None) -> torch.Tensor:
         """beta [B, T, H] in float32 (float64 for float64 models): sigmoid, or 2 sigmoid, of a per-head
-        projection; 0 at padding. Kept out of bf16, whose 8-bit mantissa would quantise write strengths."""
-        beta = torch.sigmoid(self.b_proj(hidden_states).to(compute_dtype(hidden_states)))
+        projection (logits: its output when the frame computed it with q, k and v); 0 at padding. Kept out of
+        bf16, whose 8-bit mantissa would quantise write strengths."""
+        if logits is None:
+            logits = self.b_proj(hidden_states)
+        beta = torch.sigmoid(logits.to(compute_dtype(hidden_states)))
         if self.allow_neg_eigval:
             beta = 2 * beta
         if info.token_mask is not None:
             beta = beta * info.token_mask[..., None]  # beta = 0 leaves the state untouched at padding
         return beta
 
-    def recurrence(self, q, k, v, hidden_states, info, initial_state, output_final_state):
-        beta = self.write_strength(hidden_states, info)
+    def recurrence(self, q, k, v, hidden_states, info, initial_state, output_final_state, projected):
+        beta = self.write_strength(hidden_states, info, projected.get("b"))
         if q.shape[1] == 1 and not info.is_packed:
             return recurrent_delta_rule(
                 q, k, v, beta,

@@ -69,7 +69,7 @@ class LinearAttention(LinearRecurrentMixer):
         super().__init__(*args, **kwargs)
         self.chunk_size = chunk_size
 
-    def recurrence(self, q, k, v, hidden_states, info, initial_state, output_final_state):
+    def recurrence(self, q, k, v, hidden_states, info, initial_state, output_final_state, projected):
         if info.token_mask is not None:
             k = k * info.token_mask[..., None, None].to(k.dtype)  # a zero key writes nothing at padding
         if info.is_packed:

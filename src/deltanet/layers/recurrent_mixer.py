@@ -44,6 +44,11 @@ class LinearRecurrentMixer(TokenMixer):
 
     cache_entry_type = RecurrentCacheEntry
     projection_names = ("q", "k", "v")
+    # Projections of the input besides q, k and v (a subclass's, e.g. DeltaNet's "b" for beta) that join
+    # their matmul when it is fused and fuse_extra_projections is on; their outputs then reach `recurrence`
+    # in `projected`. (One matmul instead of two, and no separate gradient to add into the input's.)
+    extra_projection_names: tuple[str, ...] = ()
+    fuse_extra_projections = True
 
     def __init__(
         self,
@@ -83,7 +88,7 @@ class LinearRecurrentMixer(TokenMixer):
         if (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
                 or module_hooks._global_backward_hooks or module_hooks._global_backward_pre_hooks):
             return False
-        for name in self.projection_names:
+        for name in self.projection_names + self.extra_projection_names:
             proj = getattr(self, f"{name}_proj")
             if (type(proj) is not nn.Linear or type(proj.weight) is not nn.Parameter
                     or proj._forward_hooks or proj._forward_pre_hooks or proj._backward_hooks
@@ -93,15 +98,17 @@ class LinearRecurrentMixer(TokenMixer):
 
     def features(
         self, hidden_states: torch.Tensor, info: SequenceInfo, entry: RecurrentCacheEntry | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v [B, T, H, D] after projection, short conv and SiLU, with q and k L2-normalised per head.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """q, k, v [B, T, H, D] after projection, short conv and SiLU, with q and k L2-normalised per head,
+        and the outputs of the extra projections that joined the matmul ({} when none did).
 
         Without a conv state to continue from (training, scoring, the first prefill) the three projections
-        run as one matmul against their concatenated weights (when projections_fusable) and the conv, SiLU
-        and norms as one fused op (`qkv_features`), which rounds once after the norm; a cache entry then
-        receives the conv states. Continuing from a conv state (decoding, a later prefill chunk), each
-        projection goes through its own module and ShortConvolution, and the conv output is rounded to the
-        compute dtype before the norm: in bf16 the two paths can differ by one rounding in q and k (in
+        (and the extra ones) run as one matmul against their concatenated weights (when projections_fusable),
+        and the conv, SiLU and norms as one fused op (`qkv_features`, which passes the extra channels
+        through) that rounds once after the norm; a cache entry then receives the conv states. Continuing
+        from a conv state (decoding, a later prefill chunk), each projection goes through its own module and
+        ShortConvolution, and the conv output is rounded to the compute dtype before the norm: in bf16 the
+        two paths can differ by one rounding in q and k (in
         float32 they agree to roundoff; tests/test_layers.py checks decoding against a full forward).
         """
         batch, seq_len, _ = hidden_states.shape
@@ -110,19 +117,29 @@ class LinearRecurrentMixer(TokenMixer):
             if entry is not None and info.is_packed:
                 raise ValueError("conv state cannot be carried across packed documents (cu_seqlens)")
             projections = [getattr(self, f"{name}_proj") for name in names]
+            extras = [getattr(self, f"{name}_proj") for name in self.extra_projection_names
+                      if self.fuse_extra_projections]
             if self.projections_fusable():
-                qkv = F.linear(hidden_states, torch.cat([proj.weight for proj in projections]))  # [B, T, 3HD]
+                weight = torch.cat([proj.weight for proj in projections + extras])
+                qkv = F.linear(hidden_states, weight)  # [B, T, 3HD + E]: E extra channels at the end
             else:
-                qkv = torch.cat([proj(hidden_states) for proj in projections], dim=-1)
+                qkv, extras = torch.cat([proj(hidden_states) for proj in projections], dim=-1), []
             if info.token_mask is not None:
                 qkv = qkv * info.token_mask[..., None].to(qkv.dtype)  # padding reads as zero input
             convs: list[ShortConvolution] = [getattr(self, f"{name}_conv") for name in names]
+            inner = self.num_heads * self.head_dim
             if entry is not None:
-                for name, conv, x in zip(names, convs, qkv.chunk(3, dim=-1)):
+                for name, conv, x in zip(names, convs, qkv[..., : 3 * inner].chunk(3, dim=-1)):
                     entry.set(f"conv_{name}", conv.state_after(x, info.token_mask))
             conv_weight = torch.cat([conv.weight[:, 0] for conv in convs])  # [3 H D, W]
-            return qkv_features(qkv, conv_weight, self.num_heads, cu_seqlens=info.cu_seqlens,
-                                backend=self.backend)
+            passthrough = sum(proj.out_features for proj in extras)
+            q, k, v, *passed = qkv_features(qkv, conv_weight, self.num_heads, cu_seqlens=info.cu_seqlens,
+                                            backend=self.backend, passthrough=passthrough)
+            projected = {}
+            if passthrough:
+                sizes = [proj.out_features for proj in extras]
+                projected = dict(zip(self.extra_projection_names, passed[0].split(sizes, dim=-1)))
+            return q, k, v, projected
         outputs = []
         for name in names:
             x = getattr(self, f"{name}_proj")(hidden_states)  # [B, T, H * D]
@@ -135,7 +152,7 @@ class LinearRecurrentMixer(TokenMixer):
                 x = F.silu(x)
             outputs.append(x.view(batch, seq_len, self.num_heads, self.head_dim))
         q, k, v = outputs
-        return l2_normalize(q, backend=self.backend), l2_normalize(k, backend=self.backend), v
+        return l2_normalize(q, backend=self.backend), l2_normalize(k, backend=self.backend), v, {}
 
     def recurrence(
         self,
@@ -146,9 +163,11 @@ class LinearRecurrentMixer(TokenMixer):
         info: SequenceInfo,
         initial_state: torch.Tensor | None,
         output_final_state: bool,
+        projected: dict[str, torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """q, k (L2-normalised), v [B, T, H, D] -> o [B, T, H, D] in v's dtype, and the final state
-        [B, H, D, D] or None."""
+        [B, H, D, D] or None. projected: the extra projections' outputs computed with q, k and v, by name
+        (absent when they were not: the subclass then calls its projection itself)."""
         raise NotImplementedError
 
     def forward(
@@ -157,9 +176,10 @@ class LinearRecurrentMixer(TokenMixer):
         """hidden_states [B, T, hidden_size] -> [B, T, hidden_size]; updates this layer's cache entry."""
         batch, seq_len, _ = hidden_states.shape
         entry = self.cache_entry(cache)
-        q, k, v = self.features(hidden_states, info, entry)
+        q, k, v, projected = self.features(hidden_states, info, entry)
         initial_state = None if entry is None else entry.get("recurrent_state")
-        o, final_state = self.recurrence(q, k, v, hidden_states, info, initial_state, entry is not None)
+        o, final_state = self.recurrence(q, k, v, hidden_states, info, initial_state, entry is not None,
+                                         projected)
         if entry is not None:
             entry.set("recurrent_state", final_state)
         if self.use_output_gate:

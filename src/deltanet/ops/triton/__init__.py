@@ -4,8 +4,9 @@ Forward:   wy.py      W = T K, U = T V per chunk (UT transform, chunk-parallel)
            state.py   the sequential pass over chunks: U~ = U - W h per chunk, and either the
                       outputs directly (fused) or the per-chunk states h and U~ for ...
            output.py  ... O = scale (Q h + tril(Q K^T) U~)  (chunk-parallel)
-Backward:  wy.py and state.py again (recompute: the forward saves only q, k, v, beta, the initial
-           state and cu_seqlens), then
+Backward:  in training the forward kept W, U, (I + A)^-1, h and U~ (LAUNCH["backward"]["saved"]);
+           with "inputs" it kept only q, k, v, beta, the initial state and cu_seqlens, and wy.py and
+           state.py run again first; then
            state.py   the reverse pass: state gradients dh, dU~
            backward.py  dq, dk, dv, dbeta per chunk, through the UT transform (two launches)
 Decoding:  recurrent.py  token-by-token steps against a cached state

@@ -157,8 +157,10 @@ def chunk_bwd(q, k, v, beta, do, recomputed, scale, cu_seqlens, chunk_indices, n
     """-> dq, dk (like q), dv (like v), dbeta (like beta).
 
     recomputed: dict of the backward's intermediates (w, u, a_inv, h, u_tilde, dh, du_tilde). It is
-    emptied as they stop being needed, so the caller must hold no other reference: h, dh and U~ are
-    freed before the second launch allocates dk, dv and dbeta, which keeps peak memory below fla's.
+    emptied as they stop being needed: when the backward recomputed them (LAUNCH["backward"]["saved"] =
+    "inputs") nothing else holds them, and h, dh and U~ are freed before the second launch allocates dk, dv
+    and dbeta. When the forward saved them, autograd holds them until the backward ends and only dh goes
+    early (the op's peak was measured unchanged, docs/kernels.md v4).
     """
     H, K, V = q.shape[2], q.shape[3], v.shape[3]
     dq = torch.empty_like(q)

@@ -112,7 +112,8 @@ def unit_lower_inverse(A, BT: tl.constexpr, DOT_PRECISION: tl.constexpr, BY_BLOC
     BT - 2 dependent row-by-row substitution steps, which ran at a few percent of the card's speed.
     This is block triangular inversion, not a truncated power series: it is exact in exact arithmetic.
     BY_BLOCKS: reach X_16 on the 16 x 16 diagonal blocks alone (diagonal_blocks_inverse), then double on
-    the full tile; for BT = 64 that is 4 full products instead of 10 (not yet timed on a GPU).
+    the full tile; for BT = 64 that is 4 full products instead of 10 (the default since the H100 timing:
+    the wy launch 17% faster, docs/kernels.md v4).
     """
     rows = tl.arange(0, BT)[:, None]
     cols = tl.arange(0, BT)[None, :]
@@ -176,8 +177,9 @@ LAUNCH = {
 
 def set_launch(assignment: str, table: dict | None = None) -> None:
     """Apply "KERNEL.KEY=VALUE" to a launch table (benchmarks' --launch option; default this module's LAUNCH):
-    VALUE is a Python literal (4, True, "auto") or else a bare string (blocks16). Unknown kernels and keys
-    are errors that list the known ones."""
+    VALUE is a Python literal (4, True, "auto") or else a bare string (blocks16), of the current value's type
+    (state.fuse_output also takes "auto"). Unknown kernels and keys, and values of another type, are errors
+    that name what is known or expected."""
     import ast
 
     table = LAUNCH if table is None else table
@@ -193,6 +195,12 @@ def set_launch(assignment: str, table: dict | None = None) -> None:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         value = text
+    current = table[kernel][key]
+    if key == "fuse_output":  # True, False or "auto"
+        if not (value is True or value is False or value == "auto"):
+            raise ValueError(f"{kernel}.{key} takes True, False or 'auto' (now {current!r}), got {text!r}")
+    elif type(value) is not type(current):
+        raise ValueError(f"{kernel}.{key} takes a {type(current).__name__} (now {current!r}), got {text!r}")
     table[kernel] = {**table[kernel], key: value}
 
 

@@ -39,9 +39,14 @@ from deltanet.ops.triton.short_conv import conv_tile, short_conv_dx_dw, token_ti
 # 16 bytes per channel and token in bf16): 390 -> 344 us at 16 tokens / 4 warps (the best setting of each,
 # 339.5 us at 32 / 4), bf16 error against float64 2.35e-3 vs 1.67e-3 for PyTorch's path (within the 2x
 # rule of benchmarks/check_model_ops.py); float32 inputs are unaffected (H100, 2026-11-27).
+# fused: the backward as one launch (qkv_features_bwd_fused_kernel: dz stays in registers, shifted by
+# tl.gather; tiles of bwd_fused's block_t tokens, W - 1 of them recomputed) instead of the dz and dx
+# launches. Correct in the interpreter and built for sm_90a; off until timed on a GPU
+# (benchmarks/sweep_qkv_features.py).
 LAUNCH = {
     "fwd": {"block_t": 32, "num_warps": 4},
-    "bwd": {"block_t": 16, "num_warps": 4, "dz_dtype": "input"},
+    "bwd": {"block_t": 16, "num_warps": 4, "dz_dtype": "input", "fused": False},
+    "bwd_fused": {"block_t": 32, "num_warps": 4},
     "dx": {"block_t": 64, "block_c": 128, "num_warps": 4},
 }
 
@@ -56,18 +61,18 @@ def head_output_offsets(i_b, offs_t, i_head, offs_d, T, H, D):
 @triton.jit
 def qkv_features_fwd_kernel(
     x, weight, doc_position, q, k, v,
-    T, H, D, eps,
+    T, H, D, X_STRIDE, eps,
     W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     IS_VARLEN: tl.constexpr, NORMALIZE_QK: tl.constexpr,
 ):
+    """x [B, T, X_STRIDE]: the 3HD conv channels first (X_STRIDE >= 3HD: passed-through channels follow)."""
     i_t, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     which = i_h // H  # 0: q, 1: k, 2: v
-    C = 3 * H * D
-    offs_t, mask_t, pos, base = token_tile(i_t, i_b, T, C, doc_position, BLOCK_T, IS_VARLEN)
+    offs_t, mask_t, pos, x_base = token_tile(i_t, i_b, T, X_STRIDE, doc_position, BLOCK_T, IS_VARLEN)
     offs_d = tl.arange(0, BLOCK_D)
     offs_c = i_h * D + offs_d
     mask_d = offs_d < D
-    z = conv_tile(x + base, weight, offs_t, pos, mask_t, offs_c, mask_d, C, W, BLOCK_T, BLOCK_D)
+    z = conv_tile(x + x_base, weight, offs_t, pos, mask_t, offs_c, mask_d, X_STRIDE, W, BLOCK_T, BLOCK_D)
     y = z * tl.sigmoid(z)  # 0 in masked lanes (z = 0 there), so the row sums below are exact
     if NORMALIZE_QK:
         if which < 2:
@@ -84,11 +89,12 @@ def qkv_features_fwd_kernel(
 
 @triton.jit
 def head_dz(
-    x, weight, dq, dk, dv, which, i_b, i_h, rows, pos, valid, offs_d, mask_d, T, H, D, C, eps,
+    x, weight, dq, dk, dv, which, i_b, i_h, rows, pos, valid, offs_d, mask_d, T, H, D, X_STRIDE, eps,
     W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, NORMALIZE_QK: tl.constexpr,
 ):
-    """dz [BLOCK_T, BLOCK_D] float32 of head i_h at tokens `rows` (x offset to the batch row): the output
-    gradient through the L2 norm (q, k heads) and SiLU, with z recomputed from the W taps; 0 where not valid.
+    """dz [BLOCK_T, BLOCK_D] float32 of head i_h at tokens `rows` (x offset to the batch row, rows X_STRIDE
+    apart): the output gradient through the L2 norm (q, k heads) and SiLU, with z recomputed from the W taps;
+    0 where not valid.
     """
     mask = valid[:, None] & mask_d[None, :]
     out_offsets = head_output_offsets(i_b, rows, i_h % H, offs_d, T, H, D)
@@ -99,7 +105,7 @@ def head_dz(
     else:
         g = tl.load(dv + out_offsets, mask=mask, other=0.0).to(tl.float32)
     offs_c = i_h * D + offs_d
-    z = conv_tile(x, weight, rows, pos, valid, offs_c, mask_d, C, W, BLOCK_T, BLOCK_D)
+    z = conv_tile(x, weight, rows, pos, valid, offs_c, mask_d, X_STRIDE, W, BLOCK_T, BLOCK_D)
     sig = tl.sigmoid(z)
     if NORMALIZE_QK:
         if which < 2:
@@ -113,7 +119,7 @@ def head_dz(
 @triton.jit
 def qkv_features_dz_kernel(
     x, weight, doc_position, dq, dk, dv, dz,
-    T, H, D, eps,
+    T, H, D, X_STRIDE, eps,
     W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     IS_VARLEN: tl.constexpr, NORMALIZE_QK: tl.constexpr,
 ):
@@ -121,25 +127,78 @@ def qkv_features_dz_kernel(
     i_t, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     C = 3 * H * D
     offs_t, mask_t, pos, base = token_tile(i_t, i_b, T, C, doc_position, BLOCK_T, IS_VARLEN)
+    x_base = i_b.to(tl.int64) * T * X_STRIDE
     offs_d = tl.arange(0, BLOCK_D)
     offs_c = i_h * D + offs_d
     mask_d = offs_d < D
-    b_dz = head_dz(x + base, weight, dq, dk, dv, i_h // H, i_b, i_h, offs_t, pos, mask_t, offs_d, mask_d,
-                   T, H, D, C, eps, W, BLOCK_T, BLOCK_D, NORMALIZE_QK)
+    b_dz = head_dz(x + x_base, weight, dq, dk, dv, i_h // H, i_b, i_h, offs_t, pos, mask_t, offs_d, mask_d,
+                   T, H, D, X_STRIDE, eps, W, BLOCK_T, BLOCK_D, NORMALIZE_QK)
     offsets = offs_t.to(tl.int64)[:, None] * C + offs_c[None, :]
     tl.store(dz + base + offsets, b_dz.to(dz.dtype.element_ty), mask=mask_t[:, None] & mask_d[None, :])
 
 
+@triton.jit
+def qkv_features_bwd_fused_kernel(
+    x, weight, doc_position, dq, dk, dv, dx, dweight_partial,
+    T, H, D, X_STRIDE, eps,
+    W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    IS_VARLEN: tl.constexpr, NORMALIZE_QK: tl.constexpr,
+):
+    """dx and this tile's dw partial sums in one launch, with dz kept in registers (float32).
+
+    A program computes dz for BLOCK_T tokens of one head but writes dx only for the first
+    EMIT = BLOCK_T - W + 1 of them: dx_s needs dz_s .. dz_{s + W - 1}, which then all lie in the tile, and the
+    shifted copies of dz come from tl.gather along the token axis instead of from memory. Tiles overlap by
+    W - 1 tokens (their dz is computed twice).
+    """
+    tl.static_assert(W <= 8)  # MAX_WIDTH
+    EMIT: tl.constexpr = BLOCK_T - W + 1
+    i_t, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    C = 3 * H * D
+    r = tl.arange(0, BLOCK_T)
+    rows = i_t * EMIT + r
+    valid = rows < T
+    if IS_VARLEN:
+        pos = tl.load(doc_position + rows, mask=valid, other=0)
+    else:
+        pos = rows
+    x_base = i_b.to(tl.int64) * T * X_STRIDE
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_c = i_h * D + offs_d
+    mask_d = offs_d < D
+    b_dz = head_dz(x + x_base, weight, dq, dk, dv, i_h // H, i_b, i_h, rows, pos, valid, offs_d, mask_d,
+                   T, H, D, X_STRIDE, eps, W, BLOCK_T, BLOCK_D, NORMALIZE_QK)
+    emitted = (r < EMIT) & valid
+    offsets = rows.to(tl.int64)[:, None] * X_STRIDE + offs_c[None, :]
+    b_x = tl.load(x + x_base + offsets, mask=emitted[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+    p_dw = dweight_partial + (i_b.to(tl.int64) * tl.num_programs(0) + i_t) * C * W + offs_c * W
+    b_dx = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+    for i in tl.static_range(W):
+        # dz_{s + i} for each row s: rows past the tile are never emitted (clamped, then masked)
+        shift = tl.minimum(r + i, BLOCK_T - 1)
+        dz_i = tl.gather(b_dz, tl.broadcast_to(shift[:, None], (BLOCK_T, BLOCK_D)), axis=0)
+        use = emitted & (rows + i < T)
+        if IS_VARLEN:  # the output s + i reads x_s only within s's document
+            use = use & (tl.gather(pos, shift, axis=0) >= i)
+        dz_i = tl.where(use[:, None], dz_i, 0.0)
+        w_i = tl.load(weight + offs_c * W + (W - 1 - i), mask=mask_d, other=0.0)
+        b_dx += dz_i * w_i[None, :]
+        tl.store(p_dw + (W - 1 - i), tl.sum(dz_i * b_x, axis=0), mask=mask_d)
+    tl.store(dx + x_base + offsets, b_dx.to(dx.dtype.element_ty), mask=emitted[:, None] & mask_d[None, :])
+
+
 def qkv_features_fwd_launch(x, weight, doc_position, num_heads: int, normalize_qk: bool, eps: float):
-    """x [B, T, 3HD] and weight [3HD, W] float32, both contiguous -> q, k, v [B, T, H, D] in x's dtype."""
-    B, T, C = x.shape
-    H, W = num_heads, weight.shape[1]
+    """x [B, T, 3HD + E] and weight [3HD, W] float32, both contiguous -> q, k, v [B, T, H, D] in x's dtype
+    (the last E channels of x are not read)."""
+    B, T, X_STRIDE = x.shape
+    C, W = weight.shape
+    H = num_heads
     D = C // (3 * H)
     q, k, v = (x.new_empty(B, T, H, D) for _ in range(3))
     block_t = min(LAUNCH["fwd"]["block_t"], max(16, next_power_of_2(T)))
     grid = (cdiv(T, block_t), 3 * H, B)
     qkv_features_fwd_kernel[grid](
-        x, weight, doc_position, q, k, v, T, H, D, eps, W, block_t, max(16, next_power_of_2(D)),
+        x, weight, doc_position, q, k, v, T, H, D, X_STRIDE, eps, W, block_t, max(16, next_power_of_2(D)),
         IS_VARLEN=doc_position is not None, NORMALIZE_QK=normalize_qk, num_warps=LAUNCH["fwd"]["num_warps"],
     )
     return q, k, v
@@ -147,53 +206,82 @@ def qkv_features_fwd_launch(x, weight, doc_position, num_heads: int, normalize_q
 
 def qkv_features_bwd_launch(x, weight, doc_position, num_heads: int, normalize_qk: bool, eps: float,
                             dq, dk, dv):
-    """The forward's arguments and contiguous dq, dk, dv [B, T, H, D] -> dx like x, dweight [3HD, W]
-    float32."""
-    B, T, C = x.shape
-    H, W = num_heads, weight.shape[1]
+    """The forward's arguments and contiguous dq, dk, dv [B, T, H, D] -> dx like x (its first 3HD channels
+    written; the caller fills the passed-through ones), dweight [3HD, W] float32."""
+    B, T, X_STRIDE = x.shape
+    C, W = weight.shape
+    H = num_heads
     D = C // (3 * H)
     is_varlen = doc_position is not None
+    if LAUNCH["bwd"]["fused"]:
+        block_t = LAUNCH["bwd_fused"]["block_t"]
+        num_tiles = cdiv(T, block_t - W + 1)
+        dx = torch.empty_like(x)
+        dweight_partial = x.new_empty(B * num_tiles, C, W, dtype=torch.float32)  # every entry is written
+        qkv_features_bwd_fused_kernel[(num_tiles, 3 * H, B)](
+            x, weight, doc_position, dq, dk, dv, dx, dweight_partial, T, H, D, X_STRIDE, eps, W, block_t,
+            max(16, next_power_of_2(D)), IS_VARLEN=is_varlen, NORMALIZE_QK=normalize_qk,
+            num_warps=LAUNCH["bwd_fused"]["num_warps"],
+        )
+        return dx, dweight_partial.sum(0)
     block_t = min(LAUNCH["bwd"]["block_t"], max(16, next_power_of_2(T)))
-    dz_dtype = {"float32": torch.float32, "input": x.dtype}[LAUNCH["bwd"]["dz_dtype"]]
+    dz_dtype = {"float32": torch.float32, "input": x.dtype}.get(LAUNCH["bwd"]["dz_dtype"])
+    if dz_dtype is None:
+        raise ValueError(f'LAUNCH["bwd"]["dz_dtype"] must be "float32" or "input", got '
+                         f'{LAUNCH["bwd"]["dz_dtype"]!r}')
     dz = torch.empty(B, T, C, device=x.device, dtype=dz_dtype)
     qkv_features_dz_kernel[(cdiv(T, block_t), 3 * H, B)](
-        x, weight, doc_position, dq, dk, dv, dz, T, H, D, eps, W, block_t, max(16, next_power_of_2(D)),
-        IS_VARLEN=is_varlen, NORMALIZE_QK=normalize_qk, num_warps=LAUNCH["bwd"]["num_warps"],
+        x, weight, doc_position, dq, dk, dv, dz, T, H, D, X_STRIDE, eps, W, block_t,
+        max(16, next_power_of_2(D)), IS_VARLEN=is_varlen, NORMALIZE_QK=normalize_qk,
+        num_warps=LAUNCH["bwd"]["num_warps"],
     )
     return short_conv_dx_dw(dz, x, weight, doc_position, LAUNCH["dx"])
 
 
 # Custom ops (a fake implementation for shapes, an autograd formula): no graph break under torch.compile.
-# The forward saves x, not the outputs: z, y and the norms are recomputed in the backward.
+# The forward saves x, not the outputs: z, y and the norms are recomputed in the backward. x may carry E
+# channels after the 3HD conv channels (E = x.shape[-1] - weight.shape[0]): they are returned as they are
+# (a copy, [B, T, E]) and their gradient is written into dx, so that one matmul can produce q|k|v and other
+# projections without a split in autograd (whose backward would copy the whole gradient).
 
 
 @kernel_op("deltanet::qkv_features_fwd")
 def qkv_features_fwd(
     x: torch.Tensor, weight: torch.Tensor, doc_position: torch.Tensor | None, num_heads: int,
     normalize_qk: bool, eps: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> q, k, v [B, T, H, D] in x's dtype."""
-    return qkv_features_fwd_launch(x, weight, doc_position, num_heads, normalize_qk, eps)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> q, k, v [B, T, H, D] in x's dtype, and the passed-through channels [B, T, E]."""
+    q, k, v = qkv_features_fwd_launch(x, weight, doc_position, num_heads, normalize_qk, eps)
+    return q, k, v, x[..., weight.shape[0]:].clone()
 
 
 @qkv_features_fwd.register_fake
 def _(x, weight, doc_position, num_heads, normalize_qk, eps):
-    B, T, C = x.shape
+    B, T, _ = x.shape
+    C = weight.shape[0]
     shape = (B, T, num_heads, C // (3 * num_heads))
-    return x.new_empty(shape), x.new_empty(shape), x.new_empty(shape)
+    return x.new_empty(shape), x.new_empty(shape), x.new_empty(shape), x.new_empty(B, T, x.shape[2] - C)
 
 
 @kernel_op("deltanet::qkv_features_bwd")
 def qkv_features_bwd(
     x: torch.Tensor, weight: torch.Tensor, doc_position: torch.Tensor | None, num_heads: int,
     normalize_qk: bool, eps: float, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor,
+    d_passthrough: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> dx [B, T, 3HD] like x, dweight [3HD, W] float32."""
-    return qkv_features_bwd_launch(x, weight, doc_position, num_heads, normalize_qk, eps, dq, dk, dv)
+    """-> dx [B, T, 3HD + E] like x, dweight [3HD, W] float32."""
+    dx, dweight = qkv_features_bwd_launch(x, weight, doc_position, num_heads, normalize_qk, eps, dq, dk, dv)
+    if dx.shape[2] > weight.shape[0]:
+        tail = dx[..., weight.shape[0]:]
+        if d_passthrough is None:
+            tail.zero_()
+        else:
+            tail.copy_(d_passthrough)
+    return dx, dweight
 
 
 @qkv_features_bwd.register_fake
-def _(x, weight, doc_position, num_heads, normalize_qk, eps, dq, dk, dv):
+def _(x, weight, doc_position, num_heads, normalize_qk, eps, dq, dk, dv, d_passthrough):
     return torch.empty_like(x), weight.new_empty(weight.shape, dtype=torch.float32)
 
 
@@ -204,12 +292,12 @@ def _setup_context(ctx, inputs, output):
     ctx.output_shape = output[0].shape
 
 
-def _backward(ctx, dq, dk, dv):
+def _backward(ctx, dq, dk, dv, d_passthrough):
     x, weight, doc_position = ctx.saved_tensors
     # An output that took no part in the loss has no gradient: zeros of its shape.
     grads = [x.new_zeros(ctx.output_shape) if g is None else g.contiguous() for g in (dq, dk, dv)]
     dx, dweight = call_op(qkv_features_bwd, x, weight, doc_position, ctx.num_heads, ctx.normalize_qk, ctx.eps,
-                          *grads)
+                          *grads, d_passthrough)
     return dx, dweight, None, None, None, None
 
 
@@ -219,7 +307,8 @@ qkv_features_autograd = eager_autograd(qkv_features_fwd, _setup_context, _backwa
 
 def qkv_features_triton(qkv: torch.Tensor, weight: torch.Tensor, doc_position: torch.Tensor | None,
                         num_heads: int, normalize_qk: bool, eps: float):
-    """Validated arguments in, (q, k, v) out; see `deltanet.ops.qkv_features`."""
+    """Validated arguments in, (q, k, v, passed-through channels [B, T, E]) out; see
+    `deltanet.ops.qkv_features`."""
     check_triton_dtype(qkv, "qkv")
     weight = weight.to(torch.float32).contiguous()  # autograd casts its gradient back to weight's dtype
     return qkv_features_autograd(qkv.contiguous(), weight, doc_position, num_heads, normalize_qk, float(eps))

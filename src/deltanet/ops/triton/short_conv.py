@@ -122,19 +122,21 @@ def short_conv_dz_kernel(
 @triton.jit
 def short_conv_dx_dw_kernel(
     dz, x, weight, doc_position, dx, dweight_partial,
-    T, C, W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, IS_VARLEN: tl.constexpr,
+    T, C, X_STRIDE, W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     """dx_s = sum_i w[W - 1 - i] dz_{s + i}, and this tile's partial sums of
     dw[W - 1 - i] = sum_s dz_{s + i} x_s (the same shifted dz tiles, one load of x): both over the outputs
-    s + i that read x_s (in range, in s's document: their own position >= i)."""
+    s + i that read x_s (in range, in s's document: their own position >= i).
+    dz is [B, T, C]; x and dx are [B, T, X_STRIDE] with the conv's C channels first (X_STRIDE >= C)."""
     tl.static_assert(W <= 8)  # MAX_WIDTH
     i_t, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_t, mask_c = offs_t < T, offs_c < C
     base = i_b.to(tl.int64) * T * C
-    offsets = offs_t.to(tl.int64)[:, None] * C + offs_c[None, :]
-    b_x = tl.load(x + base + offsets, mask=mask_t[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
+    x_base = i_b.to(tl.int64) * T * X_STRIDE
+    x_offsets = offs_t.to(tl.int64)[:, None] * X_STRIDE + offs_c[None, :]
+    b_x = tl.load(x + x_base + x_offsets, mask=mask_t[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
     p_dw = dweight_partial + (i_b.to(tl.int64) * tl.cdiv(T, BLOCK_T) + i_t) * C * W + offs_c * W
     b_dx = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
     for i in tl.static_range(W):
@@ -148,23 +150,24 @@ def short_conv_dx_dw_kernel(
         dz_i = tl.load(dz + base + dz_offsets, mask=dz_mask, other=0.0).to(tl.float32)
         b_dx += dz_i * w_i[None, :]
         tl.store(p_dw + (W - 1 - i), tl.sum(dz_i * b_x, axis=0), mask=mask_c)
-    tl.store(dx + base + offsets, b_dx.to(dx.dtype.element_ty), mask=mask_t[:, None] & mask_c[None, :])
+    tl.store(dx + x_base + x_offsets, b_dx.to(dx.dtype.element_ty), mask=mask_t[:, None] & mask_c[None, :])
 
 
 def short_conv_dx_dw(dz: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                      doc_position: torch.Tensor | None, launch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """dz [B, T, C] (the gradient before the conv's taps; float32, or x's dtype to move half the bytes), x and
-    weight as in the forward -> dx like
-    x and dweight [C, W] float32 (partial sums per tile, added by PyTorch: deterministic, no atomics).
+    """dz [B, T, C] (the gradient before the conv's taps; float32, or x's dtype to move half the bytes), x
+    [B, T, C + E] (the conv's input in its first C channels; E = 0 for the plain conv) and weight [C, W] as in
+    the forward -> dx [B, T, C + E] with its first C channels written (the caller fills the rest) and dweight
+    [C, W] float32 (partial sums per tile, added by PyTorch: deterministic, no atomics).
     launch: {"block_t", "block_c", "num_warps"}."""
-    B, T, C = x.shape
+    B, T, C = dz.shape
     W = weight.shape[1]
     block_t = min(launch["block_t"], max(16, next_power_of_2(T)))
     block_c = min(launch["block_c"], max(16, next_power_of_2(C)))
     dx = torch.empty_like(x)
     dweight_partial = x.new_empty(B * cdiv(T, block_t), C, W, dtype=torch.float32)  # every entry is written
     short_conv_dx_dw_kernel[(cdiv(T, block_t), cdiv(C, block_c), B)](
-        dz, x, weight, doc_position, dx, dweight_partial, T, C, W, block_t, block_c,
+        dz, x, weight, doc_position, dx, dweight_partial, T, C, x.shape[2], W, block_t, block_c,
         IS_VARLEN=doc_position is not None, num_warps=launch["num_warps"],
     )
     return dx, dweight_partial.sum(0)

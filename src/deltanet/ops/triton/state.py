@@ -5,7 +5,8 @@ keeping the [K, BV] state slice in float32 registers; value columns are independ
 across programs needs no communication. Per chunk c with entering state S = h_c:
 
     forward:   store h_c;  U~ = U - W S;  store U~;  S <- S + K^T U~
-               (or, fused with the output: o_c = scale (Q S + tril(Q K^T) U~) instead of storing h_c, U~)
+               (fused with the output: o_c = scale (Q S + tril(Q K^T) U~), storing h_c and U~ as well
+               only when the backward is to use them)
     backward:  store dh_c = G (gradient of the state leaving chunk c);
                dU~ = scale tril(Q K^T)^T dO + K G;  store dU~;
                G <- G + scale Q^T dO - W^T dU~          (G ends as the initial state's gradient)

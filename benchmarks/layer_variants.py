@@ -1,0 +1,113 @@
+"""Time one DeltaNet layer of the 340M model (hidden 1024, 8 heads of 128), forward+backward under bf16
+autocast, with and without the layer-level fusions that are switches, side by side in one process:
+
+- beta's projection in the q|k|v matmul (`LinearRecurrentMixer.fuse_extra_projections`), against b_proj
+  called on its own;
+- `qkv_features`' backward in one launch (ops/triton/qkv_features.py LAUNCH["bwd"]["fused"], tiles of
+  16/32/64 tokens), against the dz and dx launches.
+
+Each variant: median ms of forward+backward (`do_bench`; at this size the layer is bound by the GPU, ~4 ms),
+and the largest relative difference of the output and of the input's and weights' gradients from the first
+variant (bf16: a few 1e-3 is rounding; a wrong fusion is O(1)).
+
+Run on a GPU: PYTHONPATH=src python benchmarks/layer_variants.py [--shape 8x2048] [--out DIR]
+CPU smoke test (torch backend, only the beta switch matters): --device cpu --shape 1x64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+
+from deltanet.layers import DeltaNet
+from deltanet.layers.recurrent_mixer import LinearRecurrentMixer
+from deltanet.layers.sequence_info import SequenceInfo
+from deltanet.ops.triton import qkv_features as qkv_kernels
+
+# name -> (fuse the beta projection, qkv_features' backward fused, fused backward's tile in tokens)
+VARIANTS = {
+    "separate beta, two-launch qkv bwd": (False, False, None),
+    "fused beta, two-launch qkv bwd": (True, False, None),
+    "separate beta, fused qkv bwd 16": (False, True, 16),
+    "separate beta, fused qkv bwd 32": (False, True, 32),
+    "separate beta, fused qkv bwd 64": (False, True, 64),
+    "fused beta, fused qkv bwd 32": (True, True, 32),
+}
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="8x2048", help="batch x sequence length (default 8x2048)")
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu for a smoke test")
+    parser.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for layer_variants.json")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    batch, seq_len = (int(s) for s in args.shape.split("x"))
+    torch.manual_seed(0)
+    layer = DeltaNet(1024, 8, 128, layer_idx=0).to(device)
+    x = torch.randn(batch, seq_len, 1024, device=device, requires_grad=True)
+    grad_out = torch.randn(batch, seq_len, 1024, device=device)
+    info = SequenceInfo.contiguous(batch, seq_len, device)
+    leaves = [x, *layer.parameters()]
+
+    def forward_backward():
+        for t in leaves:
+            t.grad = None
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = layer(x, info)
+        out.backward(grad_out.to(out.dtype))
+        return [out.detach(), *(t.grad for t in leaves)]
+
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        def timed():
+            return do_bench(forward_backward, warmup=10, rep=50, return_mode="median")
+    else:
+        import time
+
+        def timed():
+            forward_backward()
+            start = time.perf_counter()
+            forward_backward()
+            return 1e3 * (time.perf_counter() - start)
+
+    default_fuse, default_bwd = LinearRecurrentMixer.fuse_extra_projections, dict(qkv_kernels.LAUNCH["bwd"])
+    default_tiles = dict(qkv_kernels.LAUNCH["bwd_fused"])
+    rows, reference = [], None
+    try:
+        for name, (fuse_beta, fused_bwd, block_t) in VARIANTS.items():
+            LinearRecurrentMixer.fuse_extra_projections = fuse_beta
+            qkv_kernels.LAUNCH["bwd"] = {**default_bwd, "fused": fused_bwd}
+            tile = block_t or default_tiles["block_t"]
+            qkv_kernels.LAUNCH["bwd_fused"] = {**default_tiles, "block_t": tile}
+            results = forward_backward()
+            reference = reference or results
+            diff = max(relative_difference(a, b) for a, b in zip(results, reference))
+            ms = timed()
+            rows.append({"variant": name, "ms": ms, "max_relative_difference": diff})
+            print(f"{name:<40} {ms:8.3f} ms  diff {diff:.1e}", flush=True)
+    finally:
+        LinearRecurrentMixer.fuse_extra_projections = default_fuse
+        qkv_kernels.LAUNCH["bwd"], qkv_kernels.LAUNCH["bwd_fused"] = default_bwd, default_tiles
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "layer_variants.json"), "w") as file:
+        json.dump({"card": card, "shape": [batch, seq_len], "rows": rows}, file, indent=1)
+    print(f"\n{card}, one DeltaNet layer (1024 wide, 8 heads of 128), {batch} x {seq_len}, bf16 autocast")
+    print("| variant | f+b ms | vs first | max rel. diff |\n|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['variant']} | {row['ms']:.3f} | {rows[0]['ms'] / row['ms']:.3f}x | "
+              f"{row['max_relative_difference']:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
