@@ -17,8 +17,10 @@ def small_model(x, weight, gate, targets, beta):
         y = rms_norm(x, weight, gate=gate, out_dtype=torch.float32, backend="triton")
     taps = torch.linspace(-1, 1, 4 * y.shape[-1]).view(-1, 4)
     y = causal_conv1d(y, taps, activation="silu", backend="triton")
-    q, k, v = qkv_features(torch.cat([y, 0.5 * y, y.flip(-1)], dim=-1), torch.cat([taps, taps, taps]), 2,
-                           backend="triton")
+    # two passed-through channels after q|k|v (as DeltaNet's beta logits): they scale beta below
+    q, k, v, passed = qkv_features(torch.cat([y, 0.5 * y, y.flip(-1), y[..., :2]], dim=-1),
+                                   torch.cat([taps, taps, taps]), 2, backend="triton", passthrough=2)
+    beta = beta * torch.sigmoid(passed)
     # use_qk_l2norm on top of the already normalised q and k: a no-op in value, but it puts the op's own
     # norm kernels into the compiled graph too.
     o, _ = chunk_delta_rule(q, k, v, beta, backend="triton", use_qk_l2norm=True, chunk_size=16)
