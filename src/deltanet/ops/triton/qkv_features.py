@@ -89,13 +89,17 @@ def qkv_features_fwd_kernel(
 
 @triton.jit
 def head_dz(
-    x, weight, dq, dk, dv, which, i_b, i_h, rows, pos, valid, offs_d, mask_d, T, H, D, X_STRIDE, eps,
+    x, weight, dq, dk, dv, i_b, i_h, rows, pos, valid, T, H, D, X_STRIDE, eps,
     W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, NORMALIZE_QK: tl.constexpr,
 ):
-    """dz [BLOCK_T, BLOCK_D] float32 of head i_h at tokens `rows` (x offset to the batch row, rows X_STRIDE
-    apart): the output gradient through the L2 norm (q, k heads) and SiLU, with z recomputed from the W taps;
-    0 where not valid.
+    """dz [BLOCK_T, BLOCK_D] float32 of head i_h (in [0, 3H)) of batch row i_b at tokens `rows` (x is
+    [B, T, X_STRIDE]): the output gradient through the L2 norm (q, k heads) and SiLU, with z recomputed from
+    the W taps; 0 where not valid. -> (dz, x's offset to the batch row, the head's channels, their mask).
     """
+    which = i_h // H  # 0: q, 1: k, 2: v
+    x_base = i_b.to(tl.int64) * T * X_STRIDE
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
     mask = valid[:, None] & mask_d[None, :]
     out_offsets = head_output_offsets(i_b, rows, i_h % H, offs_d, T, H, D)
     if which == 0:
@@ -105,7 +109,7 @@ def head_dz(
     else:
         g = tl.load(dv + out_offsets, mask=mask, other=0.0).to(tl.float32)
     offs_c = i_h * D + offs_d
-    z = conv_tile(x, weight, rows, pos, valid, offs_c, mask_d, X_STRIDE, W, BLOCK_T, BLOCK_D)
+    z = conv_tile(x + x_base, weight, rows, pos, valid, offs_c, mask_d, X_STRIDE, W, BLOCK_T, BLOCK_D)
     sig = tl.sigmoid(z)
     if NORMALIZE_QK:
         if which < 2:
@@ -113,7 +117,7 @@ def head_dz(
             r = tl.rsqrt(tl.sum(y * y, axis=1) + eps)
             y_hat = y * r[:, None]
             g = r[:, None] * (g - y_hat * tl.sum(y_hat * g, axis=1)[:, None])
-    return g * sig * (1 + z * (1 - sig))
+    return g * sig * (1 + z * (1 - sig)), x_base, offs_c, mask_d
 
 
 @triton.jit
@@ -127,12 +131,8 @@ def qkv_features_dz_kernel(
     i_t, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     C = 3 * H * D
     offs_t, mask_t, pos, base = token_tile(i_t, i_b, T, C, doc_position, BLOCK_T, IS_VARLEN)
-    x_base = i_b.to(tl.int64) * T * X_STRIDE
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_c = i_h * D + offs_d
-    mask_d = offs_d < D
-    b_dz = head_dz(x + x_base, weight, dq, dk, dv, i_h // H, i_b, i_h, offs_t, pos, mask_t, offs_d, mask_d,
-                   T, H, D, X_STRIDE, eps, W, BLOCK_T, BLOCK_D, NORMALIZE_QK)
+    b_dz, _, offs_c, mask_d = head_dz(x, weight, dq, dk, dv, i_b, i_h, offs_t, pos, mask_t, T, H, D, X_STRIDE,
+                                      eps, W, BLOCK_T, BLOCK_D, NORMALIZE_QK)
     offsets = offs_t.to(tl.int64)[:, None] * C + offs_c[None, :]
     tl.store(dz + base + offsets, b_dz.to(dz.dtype.element_ty), mask=mask_t[:, None] & mask_d[None, :])
 
@@ -162,12 +162,8 @@ def qkv_features_bwd_fused_kernel(
         pos = tl.load(doc_position + rows, mask=valid, other=0)
     else:
         pos = rows
-    x_base = i_b.to(tl.int64) * T * X_STRIDE
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_c = i_h * D + offs_d
-    mask_d = offs_d < D
-    b_dz = head_dz(x + x_base, weight, dq, dk, dv, i_h // H, i_b, i_h, rows, pos, valid, offs_d, mask_d,
-                   T, H, D, X_STRIDE, eps, W, BLOCK_T, BLOCK_D, NORMALIZE_QK)
+    b_dz, x_base, offs_c, mask_d = head_dz(x, weight, dq, dk, dv, i_b, i_h, rows, pos, valid, T, H, D,
+                                           X_STRIDE, eps, W, BLOCK_T, BLOCK_D, NORMALIZE_QK)
     emitted = (r < EMIT) & valid
     offsets = rows.to(tl.int64)[:, None] * X_STRIDE + offs_c[None, :]
     b_x = tl.load(x + x_base + offsets, mask=emitted[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
