@@ -84,7 +84,7 @@ def main(argv=None):
     kernels.LAUNCH.update(default)
     # the one-launch backward: dz stays in registers (float32), so it is compared with the float32-dz result
     reference32 = references["float32"]
-    moved_fused = 2 * n * 2 + 2 * n * 2  # x, g | dx (the overlapping tiles' extra reads not counted)
+    moved_fused = 2 * n * 2 + 2 * n * 2  # x (conv), g | x (dw), dx; the tiles' overlap not counted
     for block_t, warps in itertools.product((16, 32, 64), (2, 4, 8)):
         kernels.LAUNCH["bwd"] = {**default["bwd"], "fused": True}
         kernels.LAUNCH["bwd_fused"] = {"block_t": block_t, "num_warps": warps}

@@ -367,8 +367,11 @@ def test_beta_projection_joins_the_qkv_matmul(monkeypatch, padded):
     handle = mixer.b_proj.register_forward_hook(lambda module, args, out: out + 1)
     calls.clear()
     hooked = mixer(x, info)
-    handle.remove()
     assert calls == [False] and (hooked - results[True][0]).abs().max() > 1e-6
+    assert not mixer.projections_fusable()
+    monkeypatch.setattr(type(mixer), "fuse_extra_projections", False)  # b_proj is no longer part of it
+    assert mixer.projections_fusable()
+    handle.remove()
 
 
 @pytest.mark.parametrize("name", ["deltanet", "linear-attn"])

@@ -111,12 +111,13 @@ def test_equals_the_separate_ops(backend):
         assert rel_err(fused, separate) <= FP32_BOUND
 
 
+@pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("backend,fused", [
     ("torch", False),
     pytest.param("triton", False, marks=needs_triton),
     pytest.param("triton", True, marks=needs_triton),
 ])
-def test_passthrough_channels_come_back_with_their_gradient(monkeypatch, backend, fused):
+def test_passthrough_channels_come_back_with_their_gradient(monkeypatch, backend, fused, packed):
     """qkv = [features | E other channels] (one matmul for q|k|v and, say, beta's logits): the features are
     those of the first 3HD channels alone, the E channels come back as they are, and the gradient of qkv is
     the features' gradient next to the passed-through channels' own."""
@@ -126,13 +127,14 @@ def test_passthrough_channels_come_back_with_their_gradient(monkeypatch, backend
         monkeypatch.setitem(kernels.LAUNCH, "bwd", {**kernels.LAUNCH["bwd"], "fused": fused})
     E = 3
     lengths = [5, 30, 2]
-    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
-    qkv, weight = make_inputs(1, sum(lengths), 2, 16, seed=13)
-    extra = torch.randn(1, sum(lengths), E, generator=torch.Generator().manual_seed(14))
+    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32) if packed else None
+    B, T = (1, sum(lengths)) if packed else (2, 21)
+    qkv, weight = make_inputs(B, T, 2, 16, seed=13)
+    extra = torch.randn(B, T, E, generator=torch.Generator().manual_seed(14))
     ref = outputs_and_grads(qkv, weight, 2, seed=5, backend="reference", cu_seqlens=cu)
     leaves = [torch.cat([qkv, extra], -1).requires_grad_(), weight.clone().requires_grad_()]
     q, k, v, passed = qkv_features(*leaves, 2, cu_seqlens=cu, backend=backend, passthrough=E)
-    assert passed.shape == (1, sum(lengths), E) and torch.equal(passed, extra)
+    assert passed.shape == (B, T, E) and passed.is_contiguous() and torch.equal(passed, extra)
     g = torch.Generator().manual_seed(5)  # the same output gradients as outputs_and_grads draws
     loss = sum((o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in (q, k, v))
     d_passed = torch.randn(passed.shape, generator=g)
@@ -171,6 +173,9 @@ def test_fused_backward_matches_float64_reference(monkeypatch, block_t, lengths,
     out = outputs_and_grads(qkv, weight, 2, seed=3, backend="triton", cu_seqlens=cu)
     assert_close(out, ref, FP32_BOUND)
     assert len(launched) == 1
+    monkeypatch.setitem(kernels.LAUNCH, "bwd_fused", {**kernels.LAUNCH["bwd_fused"], "block_t": 8})
+    with pytest.raises(ValueError, match=r'LAUNCH\["bwd_fused"\]\["block_t"\] must be 16, 32, 64 or 128'):
+        outputs_and_grads(qkv, weight, 2, seed=3, backend="triton", cu_seqlens=cu)
 
 
 @needs_triton

@@ -9,6 +9,8 @@ be compiled).
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +31,9 @@ BASE = {
     "IS_VARLEN": True,
     "DOT_PRECISION": "tf32_round",
 }
+
+# The q/k/v feature kernels at the 340M model's row stride with beta's logits passed through: 3 * 1024 + 8.
+QKV = {"X_STRIDE": 3080, "W": 4, "BLOCK_D": 128, "IS_VARLEN": True, "NORMALIZE_QK": True}
 
 
 def kernels() -> dict:
@@ -187,26 +192,26 @@ def kernels() -> dict:
         "short_conv_dx_dw": (
             short_conv_dx_dw_kernel,
             ["dz", "x", "weight", "doc_position", "dx", "dweight_partial"],
-            ["T", "C", "X_STRIDE"],
-            {"W": 4, "BLOCK_T": 64, "BLOCK_C": 128, "IS_VARLEN": True},
+            ["T", "C"],
+            {"X_STRIDE": 3080, "W": 4, "BLOCK_T": 64, "BLOCK_C": 128, "IS_VARLEN": True},
         ),
         "qkv_features_fwd": (
             qkv_features_fwd_kernel,
             ["x", "weight", "doc_position", "q", "k", "v"],
-            ["T", "H", "D", "X_STRIDE", "eps"],
-            {"W": 4, "BLOCK_T": 32, "BLOCK_D": 128, "IS_VARLEN": True, "NORMALIZE_QK": True},
+            ["T", "H", "D", "eps"],
+            {**QKV, "BLOCK_T": 32},
         ),
         "qkv_features_dz": (
             qkv_features_dz_kernel,
             ["x", "weight", "doc_position", "dq", "dk", "dv", "dz"],
-            ["T", "H", "D", "X_STRIDE", "eps"],
-            {"W": 4, "BLOCK_T": 16, "BLOCK_D": 128, "IS_VARLEN": True, "NORMALIZE_QK": True},
+            ["T", "H", "D", "eps"],
+            {**QKV, "BLOCK_T": 16},
         ),
         "qkv_features_bwd_fused": (
             qkv_features_bwd_fused_kernel,
             ["x", "weight", "doc_position", "dq", "dk", "dv", "dx", "dweight_partial"],
-            ["T", "H", "D", "X_STRIDE", "eps"],
-            {"W": 4, "BLOCK_T": 32, "BLOCK_D": 128, "IS_VARLEN": True, "NORMALIZE_QK": True},
+            ["T", "H", "D", "eps"],
+            {**QKV, "BLOCK_T": 32},
         ),
         "row_norm_fwd": (
             row_norm_fwd_kernel,
@@ -270,6 +275,35 @@ def compile_all() -> list[str]:
     return failures
 
 
+def vector_loads_of_x() -> dict:
+    """PTX of qkv_features' forward for bf16 tensors as a launch specialises them (16-byte aligned pointers, D
+    a multiple of 16), at two row strides: name -> number of 16-byte global loads."""
+    import re
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from deltanet.ops.triton.qkv_features import qkv_features_fwd_kernel
+
+    pointers = ["x", "weight", "doc_position", "q", "k", "v"]
+    counts = {}
+    for stride in (3072, 3080):
+        signature = {p: "*i32" if p == "doc_position" else "*fp32" if p == "weight" else "*bf16"
+                     for p in pointers}
+        signature.update({"T": "i32", "H": "i32", "D": "i32", "eps": "fp32"})
+        constants = {**QKV, "X_STRIDE": stride, "BLOCK_T": 32, "IS_VARLEN": False}
+        signature.update({c: "constexpr" for c in constants})
+        names = list(signature)
+        aligned = {(names.index(n),): [["tt.divisibility", 16]] for n in [*pointers, "T", "D"]}
+        compiled = triton.compile(
+            ASTSource(fn=qkv_features_fwd_kernel, signature=signature, constexprs=constants, attrs=aligned),
+            target=GPUTarget("cuda", 90, 128), options={"num_warps": 4, "num_stages": 1},
+        )
+        counts[f"stride {stride}"] = len(re.findall(r"ld\.global(?:\.\w+)*\.v4\.b32", compiled.asm["ptx"]))
+    return counts
+
+
 def test_every_kernel_compiles_for_h100():
     pytest.importorskip("triton.backends.nvidia")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -277,7 +311,34 @@ def test_every_kernel_compiles_for_h100():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
+def test_feature_rows_at_an_odd_stride_still_load_in_16_byte_vectors():
+    """x's row stride is a compile-time constant: with beta's logits in the same matmul the 340M model's rows
+    are 3080 bf16 wide (not a multiple of 16 elements), and as a plain int argument that hid their alignment
+    and made every load of x a 2-byte load."""
+    from deltanet.ops.triton.qkv_features import (
+        qkv_features_bwd_fused_kernel,
+        qkv_features_dz_kernel,
+        qkv_features_fwd_kernel,
+    )
+    from deltanet.ops.triton.short_conv import short_conv_dx_dw_kernel
+
+    for kernel in (qkv_features_fwd_kernel, qkv_features_dz_kernel, qkv_features_bwd_fused_kernel,
+                   short_conv_dx_dw_kernel):  # the compile below takes the constexpr from the signature
+        annotation = inspect.signature(kernel.fn).parameters["X_STRIDE"].annotation  # JIT or interpreted
+        assert "constexpr" in str(annotation), kernel.fn.__name__
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, __file__, "--vectors"], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert counts["stride 3072"] > 0 and counts["stride 3080"] >= counts["stride 3072"], counts
+
+
 if __name__ == "__main__":
+    if "--vectors" in sys.argv:
+        print(json.dumps(vector_loads_of_x()))
+        sys.exit(0)
     failed = compile_all()
     print("\n".join(failed) or f"all {len(all_builds())} kernel builds compiled for sm_90a")
     sys.exit(1 if failed else 0)

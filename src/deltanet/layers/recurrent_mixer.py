@@ -81,14 +81,19 @@ class LinearRecurrentMixer(TokenMixer):
             self.o_norm = RMSNorm(head_dim, eps=norm_eps)
         self.o_proj = nn.Linear(inner, hidden_size, bias=False)
 
+    def fused_projection_names(self) -> tuple[str, ...]:
+        """The projections that one matmul computes when projections_fusable: q, k, v, and the extra ones
+        when fuse_extra_projections."""
+        return self.projection_names + (self.extra_projection_names if self.fuse_extra_projections else ())
+
     def projections_fusable(self) -> bool:
-        """Whether one matmul against the concatenated q, k, v weights equals calling the three projections:
-        only for plain nn.Linear modules with plain weights and no hooks or parametrizations (a LoRA adapter,
-        a quantized linear or weight, a module hook must see its own call)."""
+        """Whether one matmul against the concatenated weights of fused_projection_names equals calling those
+        projections: only for plain nn.Linear modules with plain weights and no hooks or parametrizations (a
+        LoRA adapter, a quantized linear or weight, a module hook must see its own call)."""
         if (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
                 or module_hooks._global_backward_hooks or module_hooks._global_backward_pre_hooks):
             return False
-        for name in self.projection_names + self.extra_projection_names:
+        for name in self.fused_projection_names():
             proj = getattr(self, f"{name}_proj")
             if (type(proj) is not nn.Linear or type(proj.weight) is not nn.Parameter
                     or proj._forward_hooks or proj._forward_pre_hooks or proj._backward_hooks
@@ -117,8 +122,8 @@ class LinearRecurrentMixer(TokenMixer):
             if entry is not None and info.is_packed:
                 raise ValueError("conv state cannot be carried across packed documents (cu_seqlens)")
             projections = [getattr(self, f"{name}_proj") for name in names]
-            extras = [getattr(self, f"{name}_proj") for name in self.extra_projection_names
-                      if self.fuse_extra_projections]
+            extra_names = self.fused_projection_names()[len(names):]
+            extras = [getattr(self, f"{name}_proj") for name in extra_names]
             if self.projections_fusable():
                 weight = torch.cat([proj.weight for proj in projections + extras])
                 qkv = F.linear(hidden_states, weight)  # [B, T, 3HD + E]: E extra channels at the end
@@ -138,7 +143,7 @@ class LinearRecurrentMixer(TokenMixer):
             projected = {}
             if passthrough:
                 sizes = [proj.out_features for proj in extras]
-                projected = dict(zip(self.extra_projection_names, passed[0].split(sizes, dim=-1)))
+                projected = dict(zip(extra_names, passed[0].split(sizes, dim=-1)))
             return q, k, v, projected
         outputs = []
         for name in names:

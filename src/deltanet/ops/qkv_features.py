@@ -5,9 +5,9 @@
     q, k = q / sqrt(|q|^2 + eps), k / sqrt(|k|^2 + eps)    per head (normalize_qk)
 
 The layers compute qkv with one matmul against the concatenated q, k and v projections (when those are plain
-linear layers); this op then
-replaces three conv passes and two L2-norm passes (on the GPU one launch forward and two backward,
-ops/triton/qkv_features.py). The PyTorch path below is the specification the kernels are tested against.
+linear layers), beta's included (passed through); this op then replaces three conv passes and two L2-norm
+passes (on the GPU one launch forward and one or two backward, ops/triton/qkv_features.py). The PyTorch path
+below is the specification the kernels are tested against.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def qkv_features_torch(qkv, weight, doc_position, num_heads: int, normalize_qk: 
     if normalize_qk:
         for i in (0, 1):
             features[i] = features[i] * torch.rsqrt(features[i].square().sum(-1, keepdim=True) + eps)
-    return (*(f.to(qkv.dtype).contiguous() for f in features), qkv[..., C:])
+    passed = qkv[..., C:].clone(memory_format=torch.contiguous_format)  # a copy, as the Triton path returns
+    return (*(f.to(qkv.dtype).contiguous() for f in features), passed)
 
 
 def qkv_features(
@@ -52,16 +53,18 @@ def qkv_features(
             `passthrough` channels of other projections; float64, float32, bfloat16 or float16.
         weight: conv taps [3 * H * D, W], 1 <= W <= 8 (the three convs' [C, 1, W] weights squeezed and
             concatenated); weight[:, W - 1] multiplies the current token.
-        num_heads: H; the head dim D = qkv.shape[-1] / (3 H) (at most 256 on the Triton backend).
+        num_heads: H; the head dim D = (qkv.shape[-1] - passthrough) / (3 H) (at most 256 on the Triton
+            backend).
         cu_seqlens: int32/int64 [N + 1] cumulative lengths of documents packed along T (B = 1); the conv
             restarts at every document start. None: each batch row is one sequence.
         normalize_qk: L2-normalise each head of q and k (not v): x / sqrt(sum(x^2) + eps).
         eps: added to the sum of squares (inside the square root: gradients stay finite at 0).
         backend: None (Triton for CUDA tensors that are not float64), "torch" or "triton".
         passthrough: E, the number of trailing channels of qkv that are not features (for example the
-            DeltaNet layer's beta logits, computed by the same matmul): returned as they are, as a fourth
-            output [B, T, E], with their gradient passed back into qkv's. Lets one matmul feed several
-            consumers without a split, whose backward would copy the whole gradient once more.
+            DeltaNet layer's beta logits, computed by the same matmul): returned unchanged as a fourth
+            output, a contiguous copy [B, T, E], with their gradient passed back into qkv's. Lets one
+            matmul feed several consumers without a split, whose backward would copy the whole gradient
+            once more.
 
     Returns:
         q, k, v, each [B, T, H, D] contiguous in qkv's dtype, and with passthrough > 0 the passed-through

@@ -3,15 +3,18 @@ L2 norm of each q and k head (see deltanet.ops.qkv_features for the definition).
 
 One program per tile of BLOCK_T tokens x one head (D channels) of one batch row; program axis 1 runs over
 the 3H heads of q|k|v, so a program's tile is a whole head and the L2 norm is a row sum inside the tile.
-The three outputs are separate contiguous [B, T, H, D] tensors (the delta-rule op reads them as they are);
-a program picks its output by a branch on which third of the channels it covers.
+The three feature outputs are separate contiguous [B, T, H, D] tensors (the delta-rule op reads them as they
+are); a program picks its output by a branch on which third of the channels it covers. x's rows may carry E
+more channels after the 3HD (passthrough: DeltaNet's beta logits from the same matmul): the kernels read and
+write x and dx with that row stride, and the host copies those channels out and their gradient in.
 
 Backward, with g the gradient of a normalised head y * r (r = (|y|^2 + eps)^-1/2):
     dy = r (g - yhat (yhat . g)),   yhat = y r,   then dz = dy * silu'(z) as in the plain conv.
 The first launch recomputes z, y and r from x and writes dz (in x's dtype by default, LAUNCH) over all 3HD
 channels; the second sums the W shifted dz tiles into dx, and from the same tiles and one load of x forms
 this tile's partial sums of dw[W - 1 - i] = sum_s dz_{s + i} x_s (PyTorch adds the partials: deterministic,
-no atomics).
+no atomics). Optionally (LAUNCH["bwd"]["fused"]) one launch does both with dz kept in registers
+(qkv_features_bwd_fused_kernel).
 
 This replaces, per DeltaNet layer, three conv launches forward and six backward plus two L2-norm launches
 each way (a profile of the 340M model's compiled step on an H100, 2026-11-27: those launches took ~19 ms of a
@@ -61,11 +64,14 @@ def head_output_offsets(i_b, offs_t, i_head, offs_d, T, H, D):
 @triton.jit
 def qkv_features_fwd_kernel(
     x, weight, doc_position, q, k, v,
-    T, H, D, X_STRIDE, eps,
+    T, H, D, X_STRIDE: tl.constexpr, eps,
     W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     IS_VARLEN: tl.constexpr, NORMALIZE_QK: tl.constexpr,
 ):
-    """x [B, T, X_STRIDE]: the 3HD conv channels first (X_STRIDE >= 3HD: passed-through channels follow)."""
+    """x [B, T, X_STRIDE]: the 3HD conv channels first (X_STRIDE >= 3HD: passed-through channels follow).
+    X_STRIDE is a compile-time constant: as a plain int argument, a stride that is not a multiple of 16 (3080
+    for the 340M model with beta's 8 channels) would hide the rows' 16-byte alignment from Triton, and every
+    access to x would go element by element (seen in the sm_90a PTX)."""
     i_t, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     which = i_h // H  # 0: q, 1: k, 2: v
     offs_t, mask_t, pos, x_base = token_tile(i_t, i_b, T, X_STRIDE, doc_position, BLOCK_T, IS_VARLEN)
@@ -123,7 +129,7 @@ def head_dz(
 @triton.jit
 def qkv_features_dz_kernel(
     x, weight, doc_position, dq, dk, dv, dz,
-    T, H, D, X_STRIDE, eps,
+    T, H, D, X_STRIDE: tl.constexpr, eps,
     W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     IS_VARLEN: tl.constexpr, NORMALIZE_QK: tl.constexpr,
 ):
@@ -140,7 +146,7 @@ def qkv_features_dz_kernel(
 @triton.jit
 def qkv_features_bwd_fused_kernel(
     x, weight, doc_position, dq, dk, dv, dx, dweight_partial,
-    T, H, D, X_STRIDE, eps,
+    T, H, D, X_STRIDE: tl.constexpr, eps,
     W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     IS_VARLEN: tl.constexpr, NORMALIZE_QK: tl.constexpr,
 ):
@@ -211,6 +217,8 @@ def qkv_features_bwd_launch(x, weight, doc_position, num_heads: int, normalize_q
     is_varlen = doc_position is not None
     if LAUNCH["bwd"]["fused"]:
         block_t = LAUNCH["bwd_fused"]["block_t"]
+        if block_t not in (16, 32, 64, 128):  # >= 2 W for every W <= 8: each tile recomputes W - 1 tokens
+            raise ValueError(f'LAUNCH["bwd_fused"]["block_t"] must be 16, 32, 64 or 128, got {block_t!r}')
         num_tiles = cdiv(T, block_t - W + 1)
         dx = torch.empty_like(x)
         dweight_partial = x.new_empty(B * num_tiles, C, W, dtype=torch.float32)  # every entry is written
@@ -263,16 +271,13 @@ def _(x, weight, doc_position, num_heads, normalize_qk, eps):
 def qkv_features_bwd(
     x: torch.Tensor, weight: torch.Tensor, doc_position: torch.Tensor | None, num_heads: int,
     normalize_qk: bool, eps: float, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor,
-    d_passthrough: torch.Tensor | None,
+    d_passthrough: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> dx [B, T, 3HD + E] like x, dweight [3HD, W] float32."""
+    """-> dx [B, T, 3HD + E] like x (its last E channels: d_passthrough [B, T, E]), dweight [3HD, W]
+    float32."""
     dx, dweight = qkv_features_bwd_launch(x, weight, doc_position, num_heads, normalize_qk, eps, dq, dk, dv)
     if dx.shape[2] > weight.shape[0]:
-        tail = dx[..., weight.shape[0]:]
-        if d_passthrough is None:
-            tail.zero_()
-        else:
-            tail.copy_(d_passthrough)
+        dx[..., weight.shape[0]:].copy_(d_passthrough)
     return dx, dweight
 
 
@@ -292,6 +297,8 @@ def _backward(ctx, dq, dk, dv, d_passthrough):
     x, weight, doc_position = ctx.saved_tensors
     # An output that took no part in the loss has no gradient: zeros of its shape.
     grads = [x.new_zeros(ctx.output_shape) if g is None else g.contiguous() for g in (dq, dk, dv)]
+    if d_passthrough is None:
+        d_passthrough = x.new_zeros(*x.shape[:2], x.shape[2] - weight.shape[0])
     dx, dweight = call_op(qkv_features_bwd, x, weight, doc_position, ctx.num_heads, ctx.normalize_qk, ctx.eps,
                           *grads, d_passthrough)
     return dx, dweight, None, None, None, None

@@ -122,12 +122,14 @@ def short_conv_dz_kernel(
 @triton.jit
 def short_conv_dx_dw_kernel(
     dz, x, weight, doc_position, dx, dweight_partial,
-    T, C, X_STRIDE, W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, IS_VARLEN: tl.constexpr,
+    T, C, X_STRIDE: tl.constexpr, W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     """dx_s = sum_i w[W - 1 - i] dz_{s + i}, and this tile's partial sums of
     dw[W - 1 - i] = sum_s dz_{s + i} x_s (the same shifted dz tiles, one load of x): both over the outputs
     s + i that read x_s (in range, in s's document: their own position >= i).
-    dz is [B, T, C]; x and dx are [B, T, X_STRIDE] with the conv's C channels first (X_STRIDE >= C)."""
+    dz is [B, T, C]; x and dx are [B, T, X_STRIDE] with the conv's C channels first (X_STRIDE >= C; a
+    compile-time constant so that Triton sees the rows' alignment, see qkv_features_fwd_kernel)."""
     tl.static_assert(W <= 8)  # MAX_WIDTH
     i_t, i_c, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
