@@ -113,8 +113,8 @@ class LinearRecurrentMixer(TokenMixer):
         through) that rounds once after the norm; a cache entry then receives the conv states. Continuing
         from a conv state (decoding, a later prefill chunk), each projection goes through its own module and
         ShortConvolution, and the conv output is rounded to the compute dtype before the norm: in bf16 the
-        two paths can differ by one rounding in q and k (in
-        float32 they agree to roundoff; tests/test_layers.py checks decoding against a full forward).
+        two paths can differ by one rounding in q and k (in float32 they agree to roundoff;
+        tests/test_layers.py checks decoding against a full forward).
         """
         batch, seq_len, _ = hidden_states.shape
         names = self.projection_names
