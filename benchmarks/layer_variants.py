@@ -22,10 +22,10 @@ import os
 
 import torch
 
+from deltanet.benchmarks.model import launch_settings
 from deltanet.layers import DeltaNet
 from deltanet.layers.recurrent_mixer import LinearRecurrentMixer
 from deltanet.layers.sequence_info import SequenceInfo
-from deltanet.ops.triton import qkv_features as qkv_kernels
 
 # name -> (fuse the beta projection, qkv_features' backward fused, fused backward's tile in tokens)
 VARIANTS = {
@@ -80,28 +80,26 @@ def main(argv=None):
             forward_backward()
             return 1e3 * (time.perf_counter() - start)
 
-    default_fuse, default_bwd = LinearRecurrentMixer.fuse_extra_projections, dict(qkv_kernels.LAUNCH["bwd"])
-    default_tiles = dict(qkv_kernels.LAUNCH["bwd_fused"])
+    default_fuse = LinearRecurrentMixer.fuse_extra_projections
     rows, reference = [], None
     try:
         for name, (fuse_beta, fused_bwd, block_t) in VARIANTS.items():
             LinearRecurrentMixer.fuse_extra_projections = fuse_beta
-            qkv_kernels.LAUNCH["bwd"] = {**default_bwd, "fused": fused_bwd}
-            tile = block_t or default_tiles["block_t"]
-            qkv_kernels.LAUNCH["bwd_fused"] = {**default_tiles, "block_t": tile}
-            try:
-                results = forward_backward()
-            except Exception as error:  # e.g. a tile that does not fit the card's registers or shared memory
-                print(f"{name:<40} failed: {type(error).__name__} {str(error)[:100]}", flush=True)
-                continue
+            settings = [f"qkv_features.bwd.fused={fused_bwd}"]
+            settings += [f"qkv_features.bwd_fused.block_t={block_t}"] if block_t else []
+            with launch_settings(settings):  # the tables as they were afterwards
+                try:
+                    results = forward_backward()
+                except Exception as error:  # e.g. a tile that does not fit the registers or shared memory
+                    print(f"{name:<40} failed: {type(error).__name__} {str(error)[:100]}", flush=True)
+                    continue
+                ms = timed()
             reference = reference or results
             diff = max(relative_difference(a, b) for a, b in zip(results, reference))
-            ms = timed()
             rows.append({"variant": name, "ms": ms, "max_relative_difference": diff})
             print(f"{name:<40} {ms:8.3f} ms  diff {diff:.1e}", flush=True)
     finally:
         LinearRecurrentMixer.fuse_extra_projections = default_fuse
-        qkv_kernels.LAUNCH["bwd"], qkv_kernels.LAUNCH["bwd_fused"] = default_bwd, default_tiles
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "layer_variants.json"), "w") as file:

@@ -17,7 +17,7 @@ import sys
 import torch
 
 from deltanet.benchmarks.kernels import _timed, implementations, make_inputs, sdpa
-from deltanet.ops.triton.common import LAUNCH, set_launch
+from deltanet.benchmarks.model import launch_settings
 
 # Each variant spelled out in full (the first is the baseline of the ratios): independent of the defaults.
 VARIANTS = {
@@ -39,7 +39,6 @@ def outputs(fn, inputs, grad_out):
 
 def main():
     out = sys.argv[sys.argv.index("--out") + 1] if "--out" in sys.argv else os.environ.get("OUT", ".")
-    default = {name: dict(cfg) for name, cfg in LAUNCH.items()}
     op = implementations(include_fla=False)["deltanet"]
     rows = []
     for shape in SHAPES:
@@ -47,13 +46,11 @@ def main():
         grad_out = torch.randn_like(inputs[2])
         reference = None
         for name, settings in VARIANTS.items():
-            LAUNCH.update({kernel: dict(cfg) for kernel, cfg in default.items()})
-            for assignment in settings:
-                set_launch(assignment)
-            results = outputs(op, inputs, grad_out)
+            with launch_settings(settings):  # the tables as they were afterwards
+                results = outputs(op, inputs, grad_out)
+                fwd, fb, peak = _timed(op, inputs, grad_out)
             reference = reference or results
             diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(results, reference))
-            fwd, fb, peak = _timed(op, inputs, grad_out)
             rows.append(dict(shape=shape, variant=name, fwd_ms=fwd, fwd_bwd_ms=fb, peak_gib=peak / 2**30,
                              max_diff_from_default=diff))
             print(f"{str(shape):<22} {name:<16} fwd {fwd:.3f}  f+b {fb:.3f}  peak {peak / 2**30:.2f} GiB  "
@@ -63,7 +60,6 @@ def main():
                          peak_gib=peak / 2**30))
         print(f"{str(shape):<22} {'SDPA flash':<16} fwd {fwd:.3f}  f+b {fb:.3f}  peak {peak / 2**30:.2f} GiB",
               flush=True)
-    LAUNCH.update(default)
     with open(os.path.join(out, "op_variants.json"), "w") as f:
         json.dump({"card": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
     print("\n| shape | variant | fwd ms | f+b ms | f+b vs default | peak GiB |\n|---|---|---|---|---|---|")
