@@ -13,6 +13,7 @@ import argparse
 import os
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from deltanet.benchmarks.model import fla_config_like, fla_model_class, random_tokens
@@ -72,7 +73,11 @@ def main(argv=None):
     card = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     mode = "fla " if args.fla else ("compiled " if args.compile else "")
     print(f"# {mode}{args.preset} {args.shape}, {args.steps} steps, {card}")
-    print(prof.key_averages().table(sort_by=sort_by, row_limit=args.top, max_name_column_width=60))
+    averages = prof.key_averages()
+    print(averages.table(sort_by=sort_by, row_limit=args.top, max_name_column_width=60))
+    if device.type == "cuda":  # the kernels' own events (an operator's event also carries its kernels' time)
+        busy_us = sum(e.self_device_time_total for e in averages if e.device_type != DeviceType.CPU)
+        print(f"GPU time per step: {busy_us / args.steps / 1e3:.2f} ms ({mode}{args.preset} {args.shape})")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         prof.export_chrome_trace(os.path.join(args.out, "trace.json"))

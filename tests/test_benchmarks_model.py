@@ -40,27 +40,34 @@ def test_launch_settings_apply_per_row_and_are_restored(tmp_path, monkeypatch):
 
     import pytest
 
+    from deltanet.layers.recurrent_mixer import LinearRecurrentMixer
     from deltanet.ops.triton import common, qkv_features
 
     before = copy.deepcopy((common.LAUNCH, qkv_features.LAUNCH))
+    width_multiple = LinearRecurrentMixer.fused_width_multiple
     seen = {}
     original = model_benchmark.train_rows
 
     def recording_train_rows(name, *args):
         seen[name] = (common.LAUNCH["state"]["num_warps"], common.LAUNCH["wy"]["inverse"],
-                      qkv_features.LAUNCH["bwd"]["dz_dtype"])
+                      qkv_features.LAUNCH["bwd"]["dz_dtype"], LinearRecurrentMixer.fused_width_multiple)
         return original(name, *args)
 
     monkeypatch.setattr(model_benchmark, "train_rows", recording_train_rows)
     argv = ["--out", str(tmp_path), "--device", "cpu", "--preset", "debug", "--shapes", "1x16",
             "--steps", "1", "--warmup", "1", "--sections", "train", "--launch", "state.num_warps=8",
-            "--models", "deltanet", "deltanet [wy.inverse=doubling; qkv_features.bwd.dz_dtype=float32]"]
+            "--models", "deltanet",
+            "deltanet [wy.inverse=doubling; qkv_features.bwd.dz_dtype=float32; mixer.fused_width_multiple=7]"]
     model_benchmark.main(argv)
     assert seen == {
-        "deltanet": (8, before[0]["wy"]["inverse"], before[1]["bwd"]["dz_dtype"]),
-        "deltanet [wy.inverse=doubling; qkv_features.bwd.dz_dtype=float32]": (8, "doubling", "float32"),
+        "deltanet": (8, before[0]["wy"]["inverse"], before[1]["bwd"]["dz_dtype"], width_multiple),
+        argv[-1]: (8, "doubling", "float32", 7),
     }
     assert (common.LAUNCH, qkv_features.LAUNCH) == before
+    assert LinearRecurrentMixer.fused_width_multiple == width_multiple
+    for bad in ("mixer.fused_width_multiple=big", "mixer.no_such_switch=1"):
+        with pytest.raises(SystemExit):
+            model_benchmark.main(argv[:-1] + [f"deltanet [{bad}]"])
     with pytest.raises(SystemExit):
         model_benchmark.main(argv[:-1] + ["deltanet [state.num_warps=many]"])
     with pytest.raises(SystemExit):

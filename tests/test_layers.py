@@ -352,22 +352,28 @@ def test_beta_projection_joins_the_qkv_matmul(monkeypatch, padded):
 
     monkeypatch.setattr(mixer, "write_strength", recording_write_strength)
     results = {}
-    for fused in (True, False):
+    # (fused, fused_width_multiple): the fused matmul as it is (3HD + H wide), padded with zero weight rows
+    # to a multiple of 64, and b_proj on its own
+    for fused, multiple in ((True, 1), (True, 64), (False, 1)):
         monkeypatch.setattr(type(mixer), "fuse_extra_projections", fused)
+        monkeypatch.setattr(type(mixer), "fused_width_multiple", multiple)
         mixer.zero_grad()
         out = mixer(x, info)
         do = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
         (out * do).sum().backward()
-        results[fused] = [out.detach(), mixer.b_proj.weight.grad.clone(), mixer.q_proj.weight.grad.clone()]
-    assert calls == [True, False]
-    for a, b in zip(results[True], results[False]):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    assert results[True][1].abs().max() > 0  # beta's projection does get a gradient through the fused path
+        results[fused, multiple] = [out.detach(), mixer.b_proj.weight.grad.clone(),
+                                    mixer.q_proj.weight.grad.clone(), mixer.v_proj.weight.grad.clone()]
+    assert calls == [True, True, False]
+    for variant in ((True, 1), (True, 64)):
+        for a, b in zip(results[variant], results[False, 1]):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert results[True, 1][1].abs().max() > 0  # beta's projection does get a gradient through the fused path
+    monkeypatch.setattr(type(mixer), "fused_width_multiple", 1)
     monkeypatch.setattr(type(mixer), "fuse_extra_projections", True)
     handle = mixer.b_proj.register_forward_hook(lambda module, args, out: out + 1)
     calls.clear()
     hooked = mixer(x, info)
-    assert calls == [False] and (hooked - results[True][0]).abs().max() > 1e-6
+    assert calls == [False] and (hooked - results[True, 1][0]).abs().max() > 1e-6
     assert not mixer.projections_fusable()
     monkeypatch.setattr(type(mixer), "fuse_extra_projections", False)  # b_proj is no longer part of it
     assert mixer.projections_fusable()

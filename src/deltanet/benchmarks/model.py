@@ -230,13 +230,41 @@ def launch_variant(name: str) -> tuple[str, list[str]]:
 
 def apply_launch_settings(assignments: list[str]) -> None:
     """"KERNEL.KEY=VALUE" settings (main's --launch) into the Triton launch tables: common.LAUNCH, or
-    qkv_features.LAUNCH for names prefixed "qkv_features."."""
+    qkv_features.LAUNCH for names prefixed "qkv_features."; "mixer.NAME=VALUE" sets a class-level switch of
+    the recurrent mixers (MIXER_SWITCHES, e.g. mixer.fuse_extra_projections=False)."""
     from deltanet.ops.triton import qkv_features
     from deltanet.ops.triton.common import set_launch
 
     for assignment in assignments:
+        if assignment.startswith("mixer."):
+            set_mixer_switch(assignment.removeprefix("mixer."))
+            continue
         table = qkv_features.LAUNCH if assignment.startswith("qkv_features.") else None
         set_launch(assignment.removeprefix("qkv_features."), table)
+
+
+# Class attributes of LinearRecurrentMixer that a row may set (layer-level variants, timed side by side).
+MIXER_SWITCHES = ("fuse_extra_projections", "fused_width_multiple")
+
+
+def set_mixer_switch(assignment: str) -> None:
+    """"NAME=VALUE" on LinearRecurrentMixer, VALUE a Python literal of the current value's type."""
+    import ast
+
+    from deltanet.layers.recurrent_mixer import LinearRecurrentMixer
+
+    name, sep, text = assignment.partition("=")
+    if not sep or name not in MIXER_SWITCHES:
+        raise ValueError(f"mixer setting must be NAME=VALUE with NAME one of {', '.join(MIXER_SWITCHES)}, "
+                         f"got {assignment!r}")
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    current = getattr(LinearRecurrentMixer, name)
+    if type(value) is not type(current):
+        raise ValueError(f"mixer.{name} takes a {type(current).__name__} (now {current!r}), got {text!r}")
+    setattr(LinearRecurrentMixer, name, value)
 
 
 class LaunchSettingError(ValueError):
@@ -250,11 +278,13 @@ def launch_settings(assignments: list[str]):
     if not assignments:
         yield
         return
+    from deltanet.layers.recurrent_mixer import LinearRecurrentMixer
     from deltanet.ops.triton import qkv_features
     from deltanet.ops.triton.common import LAUNCH
 
     saved = [(table, {name: dict(cfg) for name, cfg in table.items()})
              for table in (LAUNCH, qkv_features.LAUNCH)]
+    saved_switches = {name: getattr(LinearRecurrentMixer, name) for name in MIXER_SWITCHES}
     try:
         try:
             apply_launch_settings(assignments)
@@ -265,6 +295,8 @@ def launch_settings(assignments: list[str]):
         for table, copy in saved:
             table.clear()
             table.update(copy)
+        for name, value in saved_switches.items():
+            setattr(LinearRecurrentMixer, name, value)
 
 
 def run_training(size, shapes, device, warmup, steps, fla, compiled=False, only=None,
@@ -548,8 +580,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--launch", action="append", default=[], metavar="KERNEL.KEY=VALUE",
         help="override a Triton launch setting for every row (repeatable; the tables are LAUNCH in "
-        "deltanet.ops.triton.common and, prefixed qkv_features., in deltanet.ops.triton.qkv_features), e.g. "
-        "backward.saved=intermediates, wy.inverse=blocks16, qkv_features.bwd.dz_dtype=input",
+        "deltanet.ops.triton.common and, prefixed qkv_features., in deltanet.ops.triton.qkv_features; "
+        "prefixed mixer., a switch of the recurrent mixers: fuse_extra_projections, fused_width_multiple), "
+        "e.g. backward.saved=intermediates, wy.inverse=blocks16, qkv_features.bwd.dz_dtype=input, "
+        "mixer.fused_width_multiple=64",
     )
     parser.add_argument("--decode-steps", type=int, default=32, help="timed decoding steps per context")
     parser.add_argument(

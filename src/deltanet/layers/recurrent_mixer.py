@@ -49,6 +49,10 @@ class LinearRecurrentMixer(TokenMixer):
     # in `projected`. (One matmul instead of two, and no separate gradient to add into the input's.)
     extra_projection_names: tuple[str, ...] = ()
     fuse_extra_projections = True
+    # With extra projections fused, the matmul's output width (3HD + E, e.g. 3080 for DeltaNet at 340M) is
+    # padded with zero weight rows up to a multiple of this: an odd width can cost the GEMM more than the
+    # padding's FLOPs (1 = no padding).
+    fused_width_multiple = 64
 
     def __init__(
         self,
@@ -124,9 +128,16 @@ class LinearRecurrentMixer(TokenMixer):
             projections = [getattr(self, f"{name}_proj") for name in names]
             extra_names = self.fused_projection_names()[len(names):]
             extras = [getattr(self, f"{name}_proj") for name in extra_names]
+            padding = 0
             if self.projections_fusable():
-                weight = torch.cat([proj.weight for proj in projections + extras])
-                qkv = F.linear(hidden_states, weight)  # [B, T, 3HD + E]: E extra channels at the end
+                weights = [proj.weight for proj in projections + extras]
+                if extras:
+                    width = sum(w.shape[0] for w in weights)
+                    padding = -width % self.fused_width_multiple
+                    if padding:
+                        weights.append(weights[0].new_zeros(padding, weights[0].shape[1]))
+                weight = torch.cat(weights)
+                qkv = F.linear(hidden_states, weight)  # [B, T, 3HD + E + padding]: extras at the end
             else:
                 qkv, extras = torch.cat([proj(hidden_states) for proj in projections], dim=-1), []
             if info.token_mask is not None:
@@ -137,13 +148,13 @@ class LinearRecurrentMixer(TokenMixer):
                 for name, conv, x in zip(names, convs, qkv[..., : 3 * inner].chunk(3, dim=-1)):
                     entry.set(f"conv_{name}", conv.state_after(x, info.token_mask))
             conv_weight = torch.cat([conv.weight[:, 0] for conv in convs])  # [3 H D, W]
-            passthrough = sum(proj.out_features for proj in extras)
+            passthrough = sum(proj.out_features for proj in extras) + padding
             q, k, v, *passed = qkv_features(qkv, conv_weight, self.num_heads, cu_seqlens=info.cu_seqlens,
                                             backend=self.backend, passthrough=passthrough)
             projected = {}
             if passthrough:
-                sizes = [proj.out_features for proj in extras]
-                projected = dict(zip(extra_names, passed[0].split(sizes, dim=-1)))
+                sizes = [proj.out_features for proj in extras] + [padding]
+                projected = dict(zip(extra_names, passed[0].split(sizes, dim=-1)))  # the padding dropped
             return q, k, v, projected
         outputs = []
         for name in names:
