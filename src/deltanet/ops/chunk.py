@@ -72,9 +72,12 @@ def chunk_delta_rule_torch(
     lower = torch.ones(C, C, dtype=torch.bool, device=q.device).tril(0)
     unit_lower = (k_beta @ kc.transpose(-1, -2)).masked_fill(~strictly_lower, 0)
     unit_lower = unit_lower + torch.eye(C, dtype=q.dtype, device=q.device)  # I + A
+    rhs = torch.cat([k_beta, vc * bc], dim=-1)
+    # One batch dimension: torch 2.13's CPU solve_triangular is ~30x slower with several (0.6 s instead of
+    # 22 ms for 16 x 4 x 4 systems of 64).
     wu = torch.linalg.solve_triangular(
-        unit_lower, torch.cat([k_beta, vc * bc], dim=-1), upper=False, unitriangular=True
-    )
+        unit_lower.reshape(-1, C, C), rhs.reshape(-1, C, rhs.shape[-1]), upper=False, unitriangular=True
+    ).view(rhs.shape)
     w, u = wu[..., :K], wu[..., K:]  # W = T K [.., C, K], U = T V [.., C, V]
     qk = (qc @ kc.transpose(-1, -2)).masked_fill(~lower, 0)  # tril(Q K^T) with the diagonal
 
