@@ -1,11 +1,10 @@
 """Time the fused q/k/v feature kernels (conv + SiLU + L2 norm of q and k) at the 340M model's shape, for
 several tile settings, beside the separate ops they replace (three causal_conv1d and two l2_normalize).
 
-Each setting: the forward launch and the backward (both launches and the dw sum, or the one fused launch
-and the dw sum) alone (`do_bench` medians), and the bandwidth on the bytes they must move. The backward's
-settings are checked against the default's results. The "separate ops" baseline feeds chunk views of one
-[B, T, 3HD] tensor to the three convs (a copy each that the old layer, with three projections, did not
-make).
+Each setting: the forward launch and the backward (both launches and the dw sum) alone (`do_bench`
+medians), and the bandwidth on the bytes they must move. The backward's settings are checked against the
+default's results. The "separate ops" baseline feeds chunk views of one [B, T, 3HD] tensor to the three
+convs (a copy each that the old layer, with three projections, did not make).
 Results of 2026-11-27 (H100) are in ops/triton/qkv_features.py beside LAUNCH.
 Run on a GPU: PYTHONPATH=src python benchmarks/sweep_qkv_features.py [--shape 8x2048x8x128]
 """
@@ -53,7 +52,7 @@ def main(argv=None):
     default = {name: dict(settings) for name, settings in kernels.LAUNCH.items()}
     references = {}  # the default tiles' dx, dw for each dz dtype
     for dz_dtype in ("float32", "input"):
-        kernels.LAUNCH["bwd"] = {**default["bwd"], "dz_dtype": dz_dtype, "fused": False}
+        kernels.LAUNCH["bwd"] = {**default["bwd"], "dz_dtype": dz_dtype}
         references[dz_dtype] = kernels.qkv_features_bwd_launch(x, weight, None, H, True, 1e-6, *grads)
     kernels.LAUNCH.update(default)
     print(f"{'launch':<20} {'block_t':>7} {'warps':>5} {'us':>8} {'TB/s':>6}")
@@ -65,7 +64,7 @@ def main(argv=None):
     kernels.LAUNCH.update(default)
     best = (float("inf"), None)
     for dz_dtype, block_t, warps in itertools.product(("float32", "input"), (16, 32, 64), (2, 4, 8)):
-        kernels.LAUNCH["bwd"] = {"block_t": block_t, "num_warps": warps, "dz_dtype": dz_dtype, "fused": False}
+        kernels.LAUNCH["bwd"] = {"block_t": block_t, "num_warps": warps, "dz_dtype": dz_dtype}
         t_bwd = do_bench(lambda: kernels.qkv_features_bwd_launch(x, weight, None, H, True, 1e-6, *grads))
         dx, dw = kernels.qkv_features_bwd_launch(x, weight, None, H, True, 1e-6, *grads)
         reference = references[dz_dtype]  # the same arithmetic per element: dx bit for bit
@@ -75,30 +74,12 @@ def main(argv=None):
         print(f"{'bwd dz ' + dz_dtype:<20} {block_t:>7} {warps:>5} {1e3 * t_bwd:>8.1f} "
               f"{moved_bwd / t_bwd / 1e9:>6.2f}" + ("" if same else "  DIFFERS"), flush=True)
     kernels.LAUNCH.update(default)
-    kernels.LAUNCH["bwd"] = {**default["bwd"], "dz_dtype": "input", "fused": False}
+    kernels.LAUNCH["bwd"] = {**default["bwd"], "dz_dtype": "input"}
     for block_t, block_c, warps in itertools.product((32, 64), (64, 128), (4, 8)):
         kernels.LAUNCH["dx"] = {"block_t": block_t, "block_c": block_c, "num_warps": warps}
         t_bwd = do_bench(lambda: kernels.qkv_features_bwd_launch(x, weight, None, H, True, 1e-6, *grads))
         best = min(best, (t_bwd, ("dx tiles, dz bf16", block_t, block_c, warps)))
         print(f"bwd (dz bf16), dx tiles {block_t}x{block_c}, {warps} warps: {1e3 * t_bwd:.1f} us", flush=True)
-    kernels.LAUNCH.update(default)
-    # the one-launch backward: dz stays in registers (float32), so it is compared with the float32-dz result
-    reference32 = references["float32"]
-    moved_fused = 2 * n * 2 + 2 * n * 2  # x (conv), g | x (dw), dx; the tiles' overlap not counted
-    for block_t, warps in itertools.product((16, 32, 64), (2, 4, 8)):
-        kernels.LAUNCH["bwd"] = {**default["bwd"], "fused": True}
-        kernels.LAUNCH["bwd_fused"] = {"block_t": block_t, "num_warps": warps}
-        try:
-            t_bwd = do_bench(lambda: kernels.qkv_features_bwd_launch(x, weight, None, H, True, 1e-6, *grads))
-        except Exception as error:  # e.g. out of shared memory or registers at this tile size
-            print(f"bwd fused {block_t} / {warps}: {type(error).__name__} {str(error)[:80]}", flush=True)
-            continue
-        dx, dw = kernels.qkv_features_bwd_launch(x, weight, None, H, True, 1e-6, *grads)
-        same = (torch.allclose(dx.float(), reference32[0].float(), rtol=1e-2, atol=1e-3)
-                and torch.allclose(dw, reference32[1], rtol=1e-3, atol=1e-3))
-        best = min(best, (t_bwd, ("bwd fused", block_t, warps)))
-        print(f"{'bwd fused':<20} {block_t:>7} {warps:>5} {1e3 * t_bwd:>8.1f} "
-              f"{moved_fused / t_bwd / 1e9:>6.2f}" + ("" if same else "  DIFFERS"), flush=True)
     kernels.LAUNCH.update(default)
     print(f"fastest backward: {best[1]} {1e3 * best[0]:.1f} us")
 

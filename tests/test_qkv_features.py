@@ -112,19 +112,11 @@ def test_equals_the_separate_ops(backend):
 
 
 @pytest.mark.parametrize("packed", [True, False])
-@pytest.mark.parametrize("backend,fused", [
-    ("torch", False),
-    pytest.param("triton", False, marks=needs_triton),
-    pytest.param("triton", True, marks=needs_triton),
-])
-def test_passthrough_channels_come_back_with_their_gradient(monkeypatch, backend, fused, packed):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_passthrough_channels_come_back_with_their_gradient(backend, packed):
     """qkv = [features | E other channels] (one matmul for q|k|v and, say, beta's logits): the features are
     those of the first 3HD channels alone, the E channels come back as they are, and the gradient of qkv is
     the features' gradient next to the passed-through channels' own."""
-    if backend == "triton":
-        from deltanet.ops.triton import qkv_features as kernels
-
-        monkeypatch.setitem(kernels.LAUNCH, "bwd", {**kernels.LAUNCH["bwd"], "fused": fused})
     E = 3
     lengths = [5, 30, 2]
     cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32) if packed else None
@@ -145,49 +137,14 @@ def test_passthrough_channels_come_back_with_their_gradient(monkeypatch, backend
 
 
 @needs_triton
-@pytest.mark.parametrize("lengths,W,block_t", [
-    (None, 4, 16), (None, 1, 32), (None, 8, 16),
-    ([1, 3, 0, 40, 2, 24], 4, 32),  # documents shorter than W, empty, across tile boundaries (29 emitted)
-    ([9, 10, 51], 8, 16),           # boundaries at and next to the tiles' edges (9 tokens emitted per tile)
-])
-def test_fused_backward_matches_float64_reference(monkeypatch, block_t, lengths, W):
-    """The one-launch backward (dz in registers, shifted with tl.gather, tiles overlapping by W - 1
-    tokens)."""
-    from deltanet.ops.triton import qkv_features as kernels
-
-    monkeypatch.setitem(kernels.LAUNCH, "bwd", {**kernels.LAUNCH["bwd"], "fused": True})
-    monkeypatch.setitem(kernels.LAUNCH, "bwd_fused", {**kernels.LAUNCH["bwd_fused"], "block_t": block_t})
-    launched = []
-    kernel = kernels.qkv_features_bwd_fused_kernel
-
-    class Recorder:  # proves the fused launch ran
-        def __getitem__(self, grid):
-            launched.append(grid)
-            return kernel[grid]
-
-    monkeypatch.setattr(kernels, "qkv_features_bwd_fused_kernel", Recorder())
-    cu = None if lengths is None else torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
-    B, T = (2, 70) if lengths is None else (1, sum(lengths))
-    qkv, weight = make_inputs(B, T, 2, 24, W, seed=6 + W)
-    ref = outputs_and_grads(qkv, weight, 2, seed=3, backend="reference", cu_seqlens=cu)
-    out = outputs_and_grads(qkv, weight, 2, seed=3, backend="triton", cu_seqlens=cu)
-    assert_close(out, ref, FP32_BOUND)
-    assert len(launched) == 1
-    monkeypatch.setitem(kernels.LAUNCH, "bwd_fused", {**kernels.LAUNCH["bwd_fused"], "block_t": 8})
-    with pytest.raises(ValueError, match=r'LAUNCH\["bwd_fused"\]\["block_t"\] must be 16, 32, 64 or 128'):
-        outputs_and_grads(qkv, weight, 2, seed=3, backend="triton", cu_seqlens=cu)
-
-
-@needs_triton
-@pytest.mark.parametrize("dz_dtype,fused", [("float32", False), ("input", False), ("input", True)])
-def test_float16_error_within_that_of_the_torch_path(monkeypatch, dz_dtype, fused):
+@pytest.mark.parametrize("dz_dtype", ["float32", "input"])
+def test_float16_error_within_that_of_the_torch_path(monkeypatch, dz_dtype):
     """float16 (the interpreter's bfloat16 conversion truncates; see test_short_conv): the kernels' error
     against float64 at most 2x (outputs) and 3x (gradients) that of the PyTorch path in float16, with the
-    backward's dz kept in float32 or rounded to the input's dtype, or kept in registers (fused)."""
+    backward's dz kept in float32 or rounded to the input's dtype."""
     from deltanet.ops.triton import qkv_features as kernels
 
-    bwd = {**kernels.LAUNCH["bwd"], "dz_dtype": dz_dtype, "fused": fused}
-    monkeypatch.setitem(kernels.LAUNCH, "bwd", bwd)
+    monkeypatch.setitem(kernels.LAUNCH, "bwd", {**kernels.LAUNCH["bwd"], "dz_dtype": dz_dtype})
     cu = torch.tensor([0, 2, 40, 41, 70])
     qkv, weight = make_inputs(1, 70, 2, 24, dtype=torch.float16, seed=5)
     ref = outputs_and_grads(qkv, weight, 2, seed=4, backend="reference", cu_seqlens=cu)

@@ -41,11 +41,7 @@ def kernels() -> dict:
     from deltanet.ops.triton.backward import bwd_direct_kernel, bwd_through_wy_kernel
     from deltanet.ops.triton.cross_entropy import cross_entropy_bwd_kernel, cross_entropy_fwd_kernel
     from deltanet.ops.triton.output import output_kernel
-    from deltanet.ops.triton.qkv_features import (
-        qkv_features_bwd_fused_kernel,
-        qkv_features_dz_kernel,
-        qkv_features_fwd_kernel,
-    )
+    from deltanet.ops.triton.qkv_features import qkv_features_dz_kernel, qkv_features_fwd_kernel
     from deltanet.ops.triton.recurrent import recurrent_fwd_kernel
     from deltanet.ops.triton.row_norm import row_norm_bwd_kernel, row_norm_fwd_kernel
     from deltanet.ops.triton.short_conv import (
@@ -207,12 +203,6 @@ def kernels() -> dict:
             ["T", "H", "D", "eps"],
             {**QKV, "BLOCK_T": 16},
         ),
-        "qkv_features_bwd_fused": (
-            qkv_features_bwd_fused_kernel,
-            ["x", "weight", "doc_position", "dq", "dk", "dv", "dx", "dweight_partial"],
-            ["T", "H", "D", "eps"],
-            {**QKV, "BLOCK_T": 32},
-        ),
         "row_norm_fwd": (
             row_norm_fwd_kernel,
             ["X", "W", "G", "Y", "RSTD"],
@@ -315,15 +305,11 @@ def test_feature_rows_at_an_odd_stride_still_load_in_16_byte_vectors():
     """x's row stride is a compile-time constant: with beta's logits in the same matmul the 340M model's rows
     are 3080 bf16 wide (not a multiple of 16 elements), and as a plain int argument that hid their alignment
     and made every load of x a 2-byte load."""
-    from deltanet.ops.triton.qkv_features import (
-        qkv_features_bwd_fused_kernel,
-        qkv_features_dz_kernel,
-        qkv_features_fwd_kernel,
-    )
+    from deltanet.ops.triton.qkv_features import qkv_features_dz_kernel, qkv_features_fwd_kernel
     from deltanet.ops.triton.short_conv import short_conv_dx_dw_kernel
 
-    for kernel in (qkv_features_fwd_kernel, qkv_features_dz_kernel, qkv_features_bwd_fused_kernel,
-                   short_conv_dx_dw_kernel):  # the compile below takes the constexpr from the signature
+    # each declares X_STRIDE constexpr (the compile below takes the constexpr from the signature)
+    for kernel in (qkv_features_fwd_kernel, qkv_features_dz_kernel, short_conv_dx_dw_kernel):
         annotation = inspect.signature(kernel.fn).parameters["X_STRIDE"].annotation  # JIT or interpreted
         assert "constexpr" in str(annotation), kernel.fn.__name__
     pytest.importorskip("triton.backends.nvidia")

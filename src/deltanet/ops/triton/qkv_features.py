@@ -13,8 +13,7 @@ Backward, with g the gradient of a normalised head y * r (r = (|y|^2 + eps)^-1/2
 The first launch recomputes z, y and r from x and writes dz (in x's dtype by default, LAUNCH) over all 3HD
 channels; the second sums the W shifted dz tiles into dx, and from the same tiles and one load of x forms
 this tile's partial sums of dw[W - 1 - i] = sum_s dz_{s + i} x_s (PyTorch adds the partials: deterministic,
-no atomics). Optionally (LAUNCH["bwd"]["fused"]) one launch does both with dz kept in registers
-(qkv_features_bwd_fused_kernel).
+no atomics).
 
 This replaces, per DeltaNet layer, three conv launches forward and six backward plus two L2-norm launches
 each way (a profile of the 340M model's compiled step on an H100, 2026-11-27: those launches took ~19 ms of a
@@ -37,19 +36,17 @@ from deltanet.ops.triton.short_conv import conv_tile, short_conv_dx_dw, token_ti
 # at 16 / 4 with 64 x 128 dx tiles and dz in float32. Measured and dropped: dw summed in the dz launch (the
 # plain conv's layout, 419 us at best); one fused launch recomputing dz at the W shifts (749 us at best);
 # dx/dw programs walking several tiles and reducing dw once (381 us at best: the per-tile reductions were not
-# the cost).
+# the cost); one launch keeping dz in registers, shifted by tl.gather (450 us at best, 32 tokens / 4 warps,
+# vs 336 us for the two launches with dz in bf16 at 16 / 4; one 340M layer's forward+backward 3.909-4.461 ms
+# vs 3.914, benchmarks/layer_variants.py; the 340M model with CUDA graphs at 8 x 2048 143.7K vs 147.2-149.2K
+# tokens/s).
 # dz_dtype: "float32" (one rounding less in dx and dw) or "input" (x's dtype: the backward moves 12 instead of
 # 16 bytes per channel and token in bf16): 390 -> 344 us at 16 tokens / 4 warps (the best setting of each,
 # 339.5 us at 32 / 4), bf16 error against float64 2.35e-3 vs 1.67e-3 for PyTorch's path (within the 2x
 # rule of benchmarks/check_model_ops.py); float32 inputs are unaffected (H100, 2026-11-27).
-# fused: the backward as one launch (qkv_features_bwd_fused_kernel: dz stays in registers, shifted by
-# tl.gather; tiles of bwd_fused's block_t tokens, W - 1 of them recomputed) instead of the dz and dx
-# launches. Correct in the interpreter and built for sm_90a; off until timed on a GPU
-# (benchmarks/sweep_qkv_features.py).
 LAUNCH = {
     "fwd": {"block_t": 32, "num_warps": 4},
-    "bwd": {"block_t": 16, "num_warps": 4, "dz_dtype": "input", "fused": False},
-    "bwd_fused": {"block_t": 32, "num_warps": 4},
+    "bwd": {"block_t": 16, "num_warps": 4, "dz_dtype": "input"},
     "dx": {"block_t": 64, "block_c": 128, "num_warps": 4},
 }
 
@@ -100,7 +97,7 @@ def head_dz(
 ):
     """dz [BLOCK_T, BLOCK_D] float32 of head i_h (in [0, 3H)) of batch row i_b at tokens `rows` (x is
     [B, T, X_STRIDE]): the output gradient through the L2 norm (q, k heads) and SiLU, with z recomputed from
-    the W taps; 0 where not valid. -> (dz, x's offset to the batch row, the head's channels, their mask).
+    the W taps; 0 where not valid. -> (dz, the head's channels, their mask).
     """
     which = i_h // H  # 0: q, 1: k, 2: v
     x_base = i_b.to(tl.int64) * T * X_STRIDE
@@ -123,7 +120,7 @@ def head_dz(
             r = tl.rsqrt(tl.sum(y * y, axis=1) + eps)
             y_hat = y * r[:, None]
             g = r[:, None] * (g - y_hat * tl.sum(y_hat * g, axis=1)[:, None])
-    return g * sig * (1 + z * (1 - sig)), x_base, offs_c, mask_d
+    return g * sig * (1 + z * (1 - sig)), offs_c, mask_d
 
 
 @triton.jit
@@ -137,56 +134,10 @@ def qkv_features_dz_kernel(
     i_t, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     C = 3 * H * D
     offs_t, mask_t, pos, base = token_tile(i_t, i_b, T, C, doc_position, BLOCK_T, IS_VARLEN)
-    b_dz, _, offs_c, mask_d = head_dz(x, weight, dq, dk, dv, i_b, i_h, offs_t, pos, mask_t, T, H, D, X_STRIDE,
-                                      eps, W, BLOCK_T, BLOCK_D, NORMALIZE_QK)
+    b_dz, offs_c, mask_d = head_dz(x, weight, dq, dk, dv, i_b, i_h, offs_t, pos, mask_t, T, H, D, X_STRIDE,
+                                   eps, W, BLOCK_T, BLOCK_D, NORMALIZE_QK)
     offsets = offs_t.to(tl.int64)[:, None] * C + offs_c[None, :]
     tl.store(dz + base + offsets, b_dz.to(dz.dtype.element_ty), mask=mask_t[:, None] & mask_d[None, :])
-
-
-@triton.jit
-def qkv_features_bwd_fused_kernel(
-    x, weight, doc_position, dq, dk, dv, dx, dweight_partial,
-    T, H, D, X_STRIDE: tl.constexpr, eps,
-    W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-    IS_VARLEN: tl.constexpr, NORMALIZE_QK: tl.constexpr,
-):
-    """dx and this tile's dw partial sums in one launch, with dz kept in registers (float32).
-
-    A program computes dz for BLOCK_T tokens of one head but writes dx only for the first
-    EMIT = BLOCK_T - W + 1 of them: dx_s needs dz_s .. dz_{s + W - 1}, which then all lie in the tile, and the
-    shifted copies of dz come from tl.gather along the token axis instead of from memory. Tiles overlap by
-    W - 1 tokens (their dz is computed twice).
-    """
-    tl.static_assert(W <= 8)  # MAX_WIDTH
-    EMIT: tl.constexpr = BLOCK_T - W + 1
-    i_t, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    C = 3 * H * D
-    r = tl.arange(0, BLOCK_T)
-    rows = i_t * EMIT + r
-    valid = rows < T
-    if IS_VARLEN:
-        pos = tl.load(doc_position + rows, mask=valid, other=0)
-    else:
-        pos = rows
-    b_dz, x_base, offs_c, mask_d = head_dz(x, weight, dq, dk, dv, i_b, i_h, rows, pos, valid, T, H, D,
-                                           X_STRIDE, eps, W, BLOCK_T, BLOCK_D, NORMALIZE_QK)
-    emitted = (r < EMIT) & valid
-    offsets = rows.to(tl.int64)[:, None] * X_STRIDE + offs_c[None, :]
-    b_x = tl.load(x + x_base + offsets, mask=emitted[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-    p_dw = dweight_partial + (i_b.to(tl.int64) * tl.num_programs(0) + i_t) * C * W + offs_c * W
-    b_dx = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
-    for i in tl.static_range(W):
-        # dz_{s + i} for each row s: rows past the tile are never emitted (clamped, then masked)
-        shift = tl.minimum(r + i, BLOCK_T - 1)
-        dz_i = tl.gather(b_dz, tl.broadcast_to(shift[:, None], (BLOCK_T, BLOCK_D)), axis=0)
-        use = emitted & (rows + i < T)
-        if IS_VARLEN:  # the output s + i reads x_s only within s's document
-            use = use & (tl.gather(pos, shift, axis=0) >= i)
-        dz_i = tl.where(use[:, None], dz_i, 0.0)
-        w_i = tl.load(weight + offs_c * W + (W - 1 - i), mask=mask_d, other=0.0)
-        b_dx += dz_i * w_i[None, :]
-        tl.store(p_dw + (W - 1 - i), tl.sum(dz_i * b_x, axis=0), mask=mask_d)
-    tl.store(dx + x_base + offsets, b_dx.to(dx.dtype.element_ty), mask=emitted[:, None] & mask_d[None, :])
 
 
 def qkv_features_fwd_launch(x, weight, doc_position, num_heads: int, normalize_qk: bool, eps: float):
@@ -215,19 +166,6 @@ def qkv_features_bwd_launch(x, weight, doc_position, num_heads: int, normalize_q
     H = num_heads
     D = C // (3 * H)
     is_varlen = doc_position is not None
-    if LAUNCH["bwd"]["fused"]:
-        block_t = LAUNCH["bwd_fused"]["block_t"]
-        if block_t not in (16, 32, 64, 128):  # >= 2 W for every W <= 8: each tile recomputes W - 1 tokens
-            raise ValueError(f'LAUNCH["bwd_fused"]["block_t"] must be 16, 32, 64 or 128, got {block_t!r}')
-        num_tiles = cdiv(T, block_t - W + 1)
-        dx = torch.empty_like(x)
-        dweight_partial = x.new_empty(B * num_tiles, C, W, dtype=torch.float32)  # every entry is written
-        qkv_features_bwd_fused_kernel[(num_tiles, 3 * H, B)](
-            x, weight, doc_position, dq, dk, dv, dx, dweight_partial, T, H, D, X_STRIDE, eps, W, block_t,
-            max(16, next_power_of_2(D)), IS_VARLEN=is_varlen, NORMALIZE_QK=normalize_qk,
-            num_warps=LAUNCH["bwd_fused"]["num_warps"],
-        )
-        return dx, dweight_partial.sum(0)
     block_t = min(LAUNCH["bwd"]["block_t"], max(16, next_power_of_2(T)))
     dz_dtype = {"float32": torch.float32, "input": x.dtype}.get(LAUNCH["bwd"]["dz_dtype"])
     if dz_dtype is None:
