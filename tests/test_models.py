@@ -15,6 +15,7 @@ import copy
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -324,7 +325,7 @@ def test_bad_config_values_raise_errors_naming_the_field(field, value):
 
 
 def test_presets_follow_the_paper_and_reject_unknown_names():
-    assert len(PRESET_NAMES) == 15 and "deltanet-global-1.3b" in PRESET_NAMES
+    assert len(PRESET_NAMES) == 20 and {"deltanet-global-1.3b", "deltanet-mini"} <= set(PRESET_NAMES)
     assert preset_config("deltanet-global-340m").attn_layers == [1, 12]
     assert preset_config("deltanet-global-debug", num_hidden_layers=8).attn_layers == [1, 4]
     swa = preset_config("deltanet-swa-1.3b")
@@ -349,3 +350,35 @@ def test_last_hidden_state_keeps_the_residual_dtype_under_autocast():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model.model(input_ids=random_ids(1, 5), use_cache=False)
     assert out.last_hidden_state.dtype == torch.float32
+
+
+@pytest.mark.parametrize("preset", ["deltanet-debug", "deltanet-swa-debug"])
+def test_activation_checkpointing_gives_the_same_gradients(preset):
+    """gradient_checkpointing recomputes each block in the backward: the same gradients, bit for bit (float64,
+    packed documents), and Hugging Face's gradient_checkpointing_enable() turns it on."""
+    torch.manual_seed(0)
+    model = DeltaNetForCausalLM(preset_config(preset)).double()
+    ids = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(1))
+    positions = torch.cat([torch.arange(15), torch.arange(25)])[None].expand(2, -1)
+    grads, calls = [], []
+    block = model.model.layers[0]
+    block_forward = block.forward  # counted by a wrapper: module hooks do not fire in the recomputation
+
+    def counting_forward(*args, **kwargs):
+        calls.append(1)
+        return block_forward(*args, **kwargs)
+
+    block.forward = counting_forward
+    for checkpointing in (False, True):
+        model.model.gradient_checkpointing = checkpointing
+        model.zero_grad()
+        calls.clear()
+        model(input_ids=ids, position_ids=positions, labels=ids).loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        assert len(calls) == (2 if checkpointing else 1)  # recomputed in the backward pass
+    assert all(torch.equal(a, b) for a, b in zip(*grads)) and grads[0][0].abs().max() > 0
+    model.model.gradient_checkpointing = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # newer transformers deprecate the name in favour of activation_...
+        model.gradient_checkpointing_enable()
+    assert model.model.gradient_checkpointing

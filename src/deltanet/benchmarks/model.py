@@ -43,6 +43,7 @@ import torch
 
 import deltanet
 from deltanet.models import DeltaNetConfig, DeltaNetForCausalLM, output_cache, preset_config
+from deltanet.models.flops import training_flops_per_token
 from deltanet.models.presets import SIZES
 
 DEFAULT_SHAPES = ["8x2048", "1x16384"]
@@ -92,23 +93,6 @@ def parse_shape(text: str) -> tuple[int, int]:
 def random_tokens(batch: int, seq_len: int, vocab_size: int, device: torch.device) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
     return torch.randint(vocab_size, (batch, seq_len), generator=generator).to(device)
-
-
-def matmul_parameters(model: torch.nn.Module) -> int:
-    """N of the 6 N formula: 2-D weights except the input embedding (lm_head counts)."""
-    return sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and "embed" not in name)
-
-
-def flops_per_token(model: torch.nn.Module, config: DeltaNetConfig, mixer: str, seq_len: int) -> float:
-    """Training FLOPs per token by the module docstring's formula."""
-    layers, heads, head_dim = config.num_hidden_layers, config.num_heads, config.head_dim
-    flops = 6 * matmul_parameters(model)
-    if mixer == "attn":
-        flops += 6 * layers * seq_len * heads * head_dim
-    elif mixer == "deltanet":
-        chunk = config.chunk_size
-        flops += 6 * layers * heads * (5 * chunk * head_dim + 3 * head_dim * head_dim)
-    return flops
 
 
 def fla_model_class():
@@ -336,7 +320,7 @@ def train_rows(name, builder, size, shapes, device, warmup, steps) -> list[dict]
             ids = random_tokens(batch, seq_len, config.vocab_size, device)
             step_s, peak_gib, loss = time_training(model, optimizer, ids, device, warmup, steps)
             tokens_per_s = batch * seq_len / step_s
-            tflops = flops_per_token(model, config, mixer, seq_len) * tokens_per_s / 1e12
+            tflops = training_flops_per_token(model, config, seq_len) * tokens_per_s / 1e12
             row.update(
                 step_s=step_s,
                 tokens_per_s=tokens_per_s,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -64,6 +65,9 @@ class DeltaNetPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     _no_split_modules = ["TransformerBlock"]
+    # Activation checkpointing per block: `model.gradient_checkpointing_enable()` (Hugging Face) or
+    # DeltaNetModel.gradient_checkpointing = True.
+    supports_gradient_checkpointing = True
     # Recurrent states cannot be rolled back, so generate() must not try assisted decoding.
     _is_stateful = True
 
@@ -90,6 +94,9 @@ class DeltaNetModel(DeltaNetPreTrainedModel):
         )
         # The final norm's output is returned (last_hidden_state): it keeps the residual stream's dtype.
         self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps, autocast_output=False)
+        # True: in training, each block's activations are recomputed in the backward pass instead of kept
+        # (memory of one block instead of all, for about one more forward pass of compute)
+        self.gradient_checkpointing = False
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -157,9 +164,13 @@ class DeltaNetModel(DeltaNetPreTrainedModel):
             hidden_states = hidden_states.reshape(1, batch_size * seq_len, -1)
 
         all_hidden_states = []
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.layers:
             all_hidden_states.append(hidden_states)
-            hidden_states = block(hidden_states, info, cache)
+            if checkpointing:
+                hidden_states = activation_checkpoint(block, hidden_states, info, cache, use_reentrant=False)
+            else:
+                hidden_states = block(hidden_states, info, cache)
         hidden_states = self.norm(hidden_states)
         all_hidden_states.append(hidden_states)
         if cache is not None:
