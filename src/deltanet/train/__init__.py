@@ -1,0 +1,1 @@
+"""Training: data, the training loop, checkpoints and the `deltanet train` command."""

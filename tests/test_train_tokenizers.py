@@ -1,0 +1,82 @@
+"""deltanet.train.tokenizers: bytes and Hugging Face tokenizers, and their use by PackedRows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from train_helpers import assert_one_line, expected_stream, write_texts
+
+from deltanet.train.corpus import open_corpus
+from deltanet.train.errors import DataError
+from deltanet.train.packing import PackedRows
+from deltanet.train.tokenizers import ByteTokenizer, HuggingFaceTokenizer, load_tokenizer
+
+
+def test_byte_tokenizer_round_trip():
+    tokenizer = load_tokenizer("bytes")
+    assert isinstance(tokenizer, ByteTokenizer)
+    assert (tokenizer.name, tokenizer.vocab_size) == ("bytes", 256)
+    text = "héllo wörld — 日本語 😀\n\ttabs"
+    ids = tokenizer.encode(text)
+    assert ids == list(text.encode("utf-8"))
+    assert len(ids) > len(text)  # multi-byte characters are several tokens
+    assert all(0 <= i < 256 for i in ids)
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.encode_tensor(text).tolist() == ids
+    assert tokenizer.encode_tensor("").numel() == 0
+    assert tokenizer.decode([0xFF, 0x41]) == "\ufffdA"  # invalid UTF-8 is replaced, not raised
+    assert tokenizer.token_byte_lengths() == [1] * 256
+
+
+def make_local_hf_tokenizer(directory: Path) -> Path:
+    """A tiny byte-level BPE trained here and saved as a Hugging Face tokenizer: no download."""
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    bpe = tokenizers.Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<eos>"]
+    )
+    bpe.train_from_iterator(["the quick brown fox jumps over the lazy dog", "héllo wörld"] * 20, trainer)
+    wrapped = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>")
+    wrapped.save_pretrained(directory)
+    return directory
+
+
+def test_hugging_face_tokenizer_from_a_local_path(tmp_path):
+    path = make_local_hf_tokenizer(tmp_path / "tokenizer")
+    tokenizer = load_tokenizer(str(path))
+    assert isinstance(tokenizer, HuggingFaceTokenizer)
+    assert tokenizer.name == str(path)
+    assert tokenizer.vocab_size == len(tokenizer._tokenizer) > 256  # bytes + merges + <eos>
+
+    text = "the quick wörld 😀"
+    ids = tokenizer.encode(text)
+    assert tokenizer._tokenizer.eos_token_id not in ids  # no special tokens added
+    assert len(ids) < len(text.encode("utf-8"))  # merges were learned and used
+    assert tokenizer.decode(ids) == text
+
+    lengths = tokenizer.token_byte_lengths()
+    assert lengths is tokenizer.token_byte_lengths()  # cached
+    assert len(lengths) == tokenizer.vocab_size
+    assert lengths == [len(tokenizer.decode([i]).encode("utf-8")) for i in range(tokenizer.vocab_size)]
+    assert max(lengths) > 1
+
+    # A tokenizer without encode_tensor goes through encode(): the same packing.
+    (tmp_path / "docs").mkdir()
+    texts = {"a.txt": "the lazy dog", "b.txt": "héllo", "c.txt": "held out"}
+    corpus = open_corpus([str(write_texts(tmp_path / "docs", texts))], valid_percent=0.0)
+    input_ids, position_ids = PackedRows(corpus, tokenizer, "train", seq_len=3, shuffle=False).next_rows(4)
+    tokens, positions = expected_stream([texts["a.txt"], texts["b.txt"]] * 6, tokenizer.encode)
+    assert input_ids.flatten().tolist() == tokens[:12]
+    assert position_ids.flatten().tolist() == positions[:12]
+
+
+def test_hugging_face_tokenizer_that_cannot_load(tmp_path):
+    with pytest.raises(DataError, match="cannot load the tokenizer") as error:
+        load_tokenizer(str(tmp_path))  # an existing directory without tokenizer files: nothing downloaded
+    assert_one_line(error)
