@@ -15,6 +15,7 @@ import torch
 
 from deltanet.layers.sequence_info import SequenceInfo
 from deltanet.models.cache import DeltaNetCache
+from deltanet.ops.host_offsets import host_offsets
 
 
 def padding_mask(attention_mask: torch.Tensor | None, batch_size: int, seq_len: int) -> torch.Tensor | None:
@@ -48,12 +49,8 @@ def packed_documents(
     if cu_seqlens is not None:
         if batch_size != 1:
             raise ValueError(f"cu_seqlens needs a single packed row (B = 1), got B={batch_size}")
-        if (
-            cu_seqlens.dim() != 1
-            or cu_seqlens.numel() < 2
-            or int(cu_seqlens[0]) != 0
-            or int(cu_seqlens[-1]) != seq_len
-        ):
+        offsets = host_offsets(cu_seqlens) if cu_seqlens.dim() == 1 else ()  # read once, shared with the ops
+        if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != seq_len:
             raise ValueError(
                 f"cu_seqlens must be [0, ..., T={seq_len}] (shape [N + 1]), got {cu_seqlens.tolist()}"
             )

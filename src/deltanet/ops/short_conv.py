@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from deltanet.ops.backends import resolve_backend
+from deltanet.ops.host_offsets import memoized
 from deltanet.ops.validation import FLOAT_DTYPES, check_cu_seqlens, shape_str
 
 MAX_WIDTH = 8  # the Triton kernels unroll the W taps
@@ -57,6 +58,11 @@ def document_positions(cu_seqlens: torch.Tensor, seq_len: int) -> torch.Tensor:
     A token's document starts at the largest cu_seqlens[n] <= t: scatter each start at its own index
     (empty documents repeat a start, with the same value) and take the running maximum.
     """
+    return memoized(cu_seqlens, ("document_positions", seq_len),
+                    lambda: _build_document_positions(cu_seqlens, seq_len))
+
+
+def _build_document_positions(cu_seqlens: torch.Tensor, seq_len: int) -> torch.Tensor:
     starts = cu_seqlens[:-1].long()
     # seq_len + 1 slots: empty documents at the end start at T.
     start_at = torch.zeros(seq_len + 1, dtype=torch.long, device=cu_seqlens.device)

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from deltanet.models import DeltaNetConfig, DeltaNetForCausalLM, preset_config
 from deltanet.models.flops import training_flops_per_token
+from deltanet.ops.host_offsets import remember_host_offsets
 from deltanet.train.checkpoint import (
     list_checkpoints,
     load_trainer_state,
@@ -132,6 +133,25 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.de
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.adam_betas),
                              fused=device.type == "cuda")
+
+
+def flatten_rows(input_ids: torch.Tensor, position_ids: torch.Tensor):
+    """Packed rows [m, T] -> one row [1, m T] and its document offsets cu_seqlens int64 [N + 1] (every row
+    starts a document, as do positions 0), computed here on the host: the model and its ops then need not
+    read them back from the GPU, which would stall the queue of launched kernels once per step."""
+    m, seq_len = input_ids.shape
+    starts = position_ids.reshape(-1) == 0
+    starts[::seq_len] = True
+    total = torch.tensor([m * seq_len])
+    cu_seqlens = torch.cat([starts.nonzero().flatten(), total])
+    return input_ids.reshape(1, -1), position_ids.reshape(1, -1), cu_seqlens
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on device; from pinned memory to a GPU, so that the copy does not wait for the GPU."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def counted_targets(position_ids: torch.Tensor) -> int:
@@ -358,14 +378,15 @@ def _train(config: TrainConfig, procs: Processes, stdout) -> dict[str, Any]:
                 loss_sum = torch.zeros((), device=device)
                 for index in range(accumulation):
                     rows = slice(index * micro_batch, (index + 1) * micro_batch)
-                    ids = input_ids[rows].to(device, non_blocking=True)
-                    positions = position_ids[rows].to(device, non_blocking=True)
                     targets = counted_targets(position_ids[rows])
+                    flat = flatten_rows(input_ids[rows], position_ids[rows])
+                    ids, positions, cu_seqlens = (to_device(t, device) for t in flat)
+                    remember_host_offsets(cu_seqlens, flat[2].tolist())
                     sync = contextlib.nullcontext() if index == accumulation - 1 else no_sync()
                     with sync:
                         with autocast():
-                            output = forward_model(input_ids=ids, position_ids=positions, labels=ids,
-                                                   use_cache=False)
+                            output = forward_model(input_ids=ids, position_ids=positions,
+                                                   cu_seqlens=cu_seqlens, labels=ids, use_cache=False)
                         if targets:
                             # the mean over this micro-batch's targets, re-weighted to the global batch's
                             # mean; DDP averages over processes, hence the factor world

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from deltanet.ops.host_offsets import host_offsets
+from deltanet.ops.host_offsets import host_offsets, memoized
 
 
 @triton.jit
@@ -140,6 +140,12 @@ def chunk_tables(cu_seqlens: torch.Tensor | None, batch: int, seq_len: int, chun
     """
     if cu_seqlens is None:
         return batch * cdiv(seq_len, chunk_size), None, None
+    # built and uploaded once per cu_seqlens tensor (every layer's forward and backward use the same)
+    return memoized(cu_seqlens, ("chunk_tables", seq_len, chunk_size),
+                    lambda: _build_chunk_tables(cu_seqlens, chunk_size))
+
+
+def _build_chunk_tables(cu_seqlens: torch.Tensor, chunk_size: int):
     offsets = np.asarray(host_offsets(cu_seqlens), dtype=np.int64)
     chunks = -(-np.diff(offsets) // chunk_size)
     chunk_offsets = np.concatenate([[0], np.cumsum(chunks)])
