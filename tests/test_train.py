@@ -24,8 +24,9 @@ from deltanet.train.checkpoint import list_checkpoints
 from deltanet.train.config import build_config
 from deltanet.train.trainer import train
 
-# A small, fast run: the debug model on the stdlib corpus, rows of 64 bytes.
-SMALL = dict(model="deltanet-debug", seq_len=64, batch_size=4, steps=12, log_interval=1,
+# A small, fast run: the debug model on the stdlib corpus, rows of 64 bytes. Metric lines every 3 steps and
+# checkpoints every 4: a resumed run must restore a half-filled averaging window.
+SMALL = dict(model="deltanet-debug", seq_len=64, batch_size=4, steps=12, log_interval=3,
              checkpoint_interval=4, eval_interval=0, eval_rows=4, sample_tokens=0, progress=False,
              tensorboard=False, device="cpu")
 
@@ -62,7 +63,8 @@ def subprocess_env() -> dict[str, str]:
 
 def test_reduced_default_run_learns(tmp_path):
     """The default command's corpus, tokenizer and recipe, fewer and smaller steps: the loss falls."""
-    summary = run_train(tmp_path, model="deltanet-mini", seq_len=128, batch_size=8, steps=40, eval_rows=8)
+    summary = run_train(tmp_path, model="deltanet-mini", seq_len=128, batch_size=8, steps=40, eval_rows=8,
+                        log_interval=1)
     losses = train_losses(tmp_path)
     assert losses[1] > 5.0  # ~ln(256) = 5.55 at the start: bytes are near uniform to the fresh model
     assert sum(losses[s] for s in range(36, 41)) / 5 < losses[1] - 1.0
@@ -75,10 +77,10 @@ def test_sigkill_at_any_moment_resumes_to_the_same_losses(tmp_path):
     from_pretrained and give the uninterrupted model's weights."""
     reference = run_train(tmp_path / "reference")
     expected = train_losses(tmp_path / "reference")
-    assert sorted(expected) == list(range(1, 13))
+    assert sorted(expected) == [3, 6, 9, 12]
 
     out = tmp_path / "killed"
-    for kill_after_lines in (3, 7):  # metric lines written before the kill: mid-interval, after a checkpoint
+    for kill_after_lines in (1, 3):  # metric lines written before the kill: before any checkpoint, after two
         process = subprocess.Popen([sys.executable, "-m", "deltanet", *cli_args(out, resume=True)],
                                    env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         metrics = out / "metrics.jsonl"
@@ -99,6 +101,59 @@ def test_sigkill_at_any_moment_resumes_to_the_same_losses(tmp_path):
     for a, b in zip(final.state_dict().values(), reference_model.state_dict().values()):
         assert torch.equal(a, b)
     assert [step for step, _ in list_checkpoints(out)] == [4, 8, 12]  # keep_checkpoints = 3
+
+
+def test_sigterm_checkpoints_and_stops_then_resumes_to_the_same_losses(tmp_path):
+    reference = tmp_path / "reference"
+    run_train(reference)
+    out = tmp_path / "stopped"
+    process = subprocess.Popen([sys.executable, "-m", "deltanet", *cli_args(out)], env=subprocess_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and metrics.read_text():  # a step is done: stop in the middle of the run
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "stopped at step" in stdout and "--resume" in stdout
+    stopped_at = list_checkpoints(out)[-1][0]
+    assert 3 <= stopped_at < 12  # a checkpoint at the step it stopped, not only at the 4-step interval
+    run_train(out, resume=True)
+    assert train_losses(out) == train_losses(reference)
+
+
+def test_resume_with_more_steps_follows_the_new_schedule(tmp_path, capsys):
+    from deltanet.train.schedule import warmup_cosine
+
+    run_train(tmp_path, steps=4, log_interval=1)
+    config = build_config({}, {**SMALL, "out_dir": str(tmp_path), "steps": 8, "log_interval": 1,
+                               "resume": True})
+    train(config)
+    assert "the learning-rate schedule now decays to step 8" in capsys.readouterr().out
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lr = {r["step"]: r["lr"] for r in records if r["split"] == "train"}
+    assert sorted(lr) == list(range(1, 9))
+    assert lr[5] == pytest.approx(3e-4 * warmup_cosine(5, 8, 0, 0.1))  # the new schedule, from step 5 on
+
+
+def test_activation_checkpointing_trains_the_same(tmp_path):
+    plain = run_train(tmp_path / "plain", steps=3, log_interval=1)
+    checkpointed = run_train(tmp_path / "checkpointed", steps=3, log_interval=1,
+                             activation_checkpointing=True)
+    assert train_losses(tmp_path / "plain") == train_losses(tmp_path / "checkpointed")
+    assert plain["step"] == checkpointed["step"] == 3
+
+
+def test_default_output_folder_is_new_for_each_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train(build_config({}, {**SMALL, "steps": 1}), stdout=open(os.devnull, "w"))
+    runs = [path.name for path in (tmp_path / "runs").iterdir()]
+    assert len(runs) == 1 and runs[0].startswith("deltanet-debug-")  # runs/<model>-<date>-<time>
+    code, err = run_cli(["train", "--resume", "--steps", "1"])
+    assert_one_line_error(code, err, "--out-dir")
 
 
 def test_checkpoints_are_atomic(tmp_path, monkeypatch):
@@ -142,6 +197,24 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     code, err = run_cli(cli_args(tmp_path), capture=True)
     assert code == 2
     assert "loss is nan at step 6" in err and "step-0000004" in err
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [4]
+
+
+def test_infinite_gradient_stops_naming_the_step(tmp_path, monkeypatch):
+    """A finite loss with an infinite gradient (clipping would turn the weights into NaN): stopped too."""
+    original = DeltaNetForCausalLM.forward
+    calls = []
+
+    def forward_with_a_bad_gradient(self, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 5:
+            output.loss.register_hook(lambda grad: grad * float("inf"))
+        return output
+
+    monkeypatch.setattr(DeltaNetForCausalLM, "forward", forward_with_a_bad_gradient)
+    code, err = run_cli(cli_args(tmp_path))
+    assert_one_line_error(code, err, "gradient norm is", "at step 5", "step-0000004")
     assert [step for step, _ in list_checkpoints(tmp_path)] == [4]
 
 
@@ -194,7 +267,7 @@ def test_config_files_unknown_keys_and_types(tmp_path):
     assert_one_line_error(code, err, "steps", "integer", "many")
     good = tmp_path / "good.yaml"
     good.write_text("steps: 3\nseq_len: 32\nmodel_config:\n  num_hidden_layers: 2\n")
-    code, err = run_cli(["train", "--config", str(good), *cli_args(out, steps=2)[1:],
+    code, err = run_cli(["train", "--config", str(good), *cli_args(out, steps=2, log_interval=1)[1:],
                          "--model-config", "hidden_size=32"])
     assert code == 0, err
     saved = json.loads((out / "checkpoints" / "step-0000002" / "config.json").read_text())
@@ -220,7 +293,7 @@ def test_two_processes_compute_what_one_does(tmp_path):
     2-process run resumes in 1 process."""
     import shutil
 
-    settings = dict(steps=6, batch_size=8, micro_batch_size=2, checkpoint_interval=3)
+    settings = dict(steps=6, batch_size=8, micro_batch_size=2, checkpoint_interval=3, log_interval=1)
     one = tmp_path / "one"
     run_train(one, **settings)
     two = tmp_path / "two"

@@ -110,8 +110,9 @@ def test_parquet_file(tmp_path):
     # Two files: held out by file; resuming skips a whole file by its row count.
     parquet.write_table(table, tmp_path / "other.parquet", row_group_size=16)
     both = open_corpus([str(tmp_path)], text_field="body", valid_percent=0.0)
-    assert both.unit_names("train") == ["data.parquet"]
-    assert list(both.documents("train", start=20)) == as_read[20:]
+    assert both.unit_names("train") == ["data.parquet", "other.parquet"]
+    assert list(both.documents("train", start=20)) == as_read[20:] + as_read
+    assert list(both.documents("train", start=70)) == as_read[20:]
 
     with pytest.raises(DataError, match="no column 'text'") as error:
         open_corpus([str(tmp_path / "data.parquet")])
@@ -189,8 +190,8 @@ def test_documents_start_and_shuffle(tmp_path):
     (tmp_path / "05_lines.jsonl").write_text("\n".join(json.dumps({"text": f"line {i}"}) for i in range(4)))
     corpus = open_corpus([str(write_texts(tmp_path, texts))], valid_percent=0.0)
     in_order = list(corpus.documents("train"))
-    assert len(in_order) == 9 + 4  # the last text file is held out; the jsonl file counts its lines
-    for start in (0, 1, 5, 6, 9, 12, 13, 20):  # inside and around the jsonl file, at and past the end
+    assert len(in_order) == 10 + 4  # nothing held out; the jsonl file counts its lines
+    for start in (0, 1, 5, 6, 9, 13, 14, 20):  # inside and around the jsonl file, at and past the end
         assert list(corpus.documents("train", start=start)) == in_order[start:]
 
     epoch0 = list(corpus.documents("train", epoch=0, seed=0, shuffle=True))
@@ -247,23 +248,114 @@ def test_bad_jsonl_lines(tmp_path):
         list(open_corpus([str(path)], valid_percent=0.0).documents("train"))
 
 
-def test_empty_splits(tmp_path):
-    single = write_texts(tmp_path / "one", {"only.txt": "a single document"}) / "only.txt"
-    with pytest.raises(DataError, match="no documents for the valid split") as error:
-        open_corpus([str(single)])
-    assert_one_line(error)
+def test_valid_percent_zero_holds_nothing_out(tmp_path, monkeypatch):
+    texts = {f"{i:02d}.txt": f"text {i}" for i in range(5)}
+    directory = write_texts(tmp_path / "many", texts)
+    single = write_texts(tmp_path / "one", {"input.txt": "line 1\nline 2\nline 3\n"}) / "input.txt"
+    lone_jsonl = tmp_path / "one.jsonl"
+    lone_jsonl.write_text(json.dumps({"text": "the only document"}) + "\n")
+    for sources, expected in (
+        ([str(directory)], list(texts.values())),
+        ([str(single)], ["line 1\nline 2\nline 3\n"]),
+        ([str(lone_jsonl)], ["the only document"]),
+        ([str(directory), str(lone_jsonl)], list(texts.values()) + ["the only document"]),
+    ):
+        corpus = open_corpus(sources, valid_percent=0.0)
+        assert corpus.num_units("valid") == 0 and corpus.unit_names("valid") == []
+        assert list(corpus.documents("train")) == expected
+        with pytest.raises(DataError, match="the valid split has no documents"):  # only when read
+            PackedRows(corpus, ByteTokenizer(), "valid", seq_len=8).next_rows(1)
 
-    write_texts(tmp_path / "two", {"a.txt": "one", "b.txt": "two"})
+    # A dataset: its train split is training data; its own "validation" split is not used.
+    train = [{"text": f"train {i}"} for i in range(3)]
+    splits = {"train": train, "validation": [{"text": "validation"}]}
+    monkeypatch.setitem(sys.modules, "datasets", fake_datasets(splits, []))
+    corpus = open_corpus(["hf:org/name"], valid_percent=0.0)
+    assert corpus.num_units("valid") == 0
+    assert list(corpus.documents("train")) == [example["text"] for example in train]
+
+
+def test_single_text_file_holds_out_its_last_lines(tmp_path):
+    lines = [f"line {i}: naïve ✓ 😀\n" for i in range(1, 101)]  # multi-byte characters on each line
+    path = tmp_path / "input.txt"
+    path.write_text("".join(lines), encoding="utf-8")
+    for valid_percent, held_lines in ((2.0, 2), (10.0, 10), (0.5, 1), (1.5, 1), (99.0, 99)):
+        corpus = open_corpus([str(path)], valid_percent=valid_percent)
+        assert corpus.unit_names("train") == corpus.unit_names("valid") == ["input.txt"]
+        assert list(corpus.documents("train")) == ["".join(lines[: 100 - held_lines])], valid_percent
+        assert list(corpus.documents("valid")) == ["".join(lines[100 - held_lines:])], valid_percent
+        assert list(corpus.documents("train", start=1)) == []  # one document each: skipped unread
+
+    # No newline at the end, Windows line ends, blank lines: cut after a "\n" all the same; the same rule
+    # for the only file of a directory.
+    text = "first\r\n\r\nthird\r\nfourth\r\nlast, no newline"
+    write_texts(tmp_path / "dir", {"only.txt": text})
+    for source in (tmp_path / "dir", tmp_path / "dir" / "only.txt"):
+        corpus = open_corpus([str(source)], valid_percent=40.0)  # 2 of 5 lines
+        assert list(corpus.documents("train")) == ["first\r\n\r\nthird\r\n"]
+        assert list(corpus.documents("valid")) == ["fourth\r\nlast, no newline"]
+        rows = PackedRows(corpus, ByteTokenizer(), "valid", seq_len=4, shuffle=True)
+        tail = "fourth\r\nlast, no newline".encode("utf-8")
+        assert rows.next_rows(2)[0].flatten().tolist() == list(tail[:8])
+
+    # Too few lines to leave some for training: one clear error, naming the way out.
+    for text in ("one line\n", "one line, no newline", ""):
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(DataError, match=r"input\.txt: a single text file of [01] line.*--valid-percent 0"
+                           ) as error:
+            open_corpus([str(path)], valid_percent=2.0)
+        assert_one_line(error)
+    path.write_text("a\nb\n", encoding="utf-8")
+    assert list(open_corpus([str(path)], valid_percent=2.0).documents("valid")) == ["b\n"]
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet"])
+def test_lone_document_file_too_short_to_hold_documents_out(tmp_path, kind):
+    def write(count: int) -> str:
+        texts = [f"doc {i}" for i in range(count)]
+        if kind == "jsonl":
+            path = tmp_path / "docs.jsonl"
+            path.write_text("".join(json.dumps({"text": text}) + "\n\n" for text in texts))
+        else:
+            pa = pytest.importorskip("pyarrow")
+            parquet = pytest.importorskip("pyarrow.parquet")
+            path = tmp_path / "docs.parquet"
+            parquet.write_table(pa.table({"text": pa.array(texts, type=pa.string())}), path)
+        return str(path)
+
+    first_valid = next(i for i in range(10**6) if held_out(str(i), 2.0))
+    assert first_valid + 1 == 77  # the least number of documents at 2 %, as open_corpus's docstring says
+    for count in (1, 3, first_valid):  # the hash holds out none of indices 0..count-1 at 2 %
+        with pytest.raises(DataError, match=f"none of its {count} document.*--valid-percent 0") as error:
+            open_corpus([write(count)], valid_percent=2.0)
+        assert_one_line(error)
+    corpus = open_corpus([write(first_valid + 1)], valid_percent=2.0)
+    assert list(corpus.documents("valid")) == [f"doc {first_valid}"]
+    assert len(list(corpus.documents("train"))) == first_valid
+
+    # At 50 % index 0 and 1 are held out: one or two documents leave none for training.
+    assert held_out("0", 50.0) and held_out("1", 50.0) and not held_out("2", 50.0)
+    with pytest.raises(DataError, match="all of its 2 document.* held out at valid_percent=50.0") as error:
+        open_corpus([write(2)], valid_percent=50.0)
+    assert_one_line(error)
+    assert list(open_corpus([write(1)], valid_percent=0.0).documents("train")) == ["doc 0"]
     with pytest.raises(DataError, match="no documents left for training"):
+        open_corpus([write(200)], valid_percent=99.995)  # no index is trained on: all of them held out
+
+
+def test_empty_splits(tmp_path, monkeypatch):
+    write_texts(tmp_path / "two", {"a.txt": "one", "b.txt": "two"})
+    with pytest.raises(DataError, match="no documents left for training") as error:
         open_corpus([str(tmp_path / "two")], valid_percent=100.0)
+    assert_one_line(error)
     with pytest.raises(DataError, match="valid_percent must be in"):
         open_corpus([str(tmp_path / "two")], valid_percent=-1.0)
 
-    # One jsonl file of three documents: none of indices 0..2 is held out at 2 %, which shows on reading.
+    # A dataset's train split is streamed: too few documents for the held-out share show when read.
     assert not any(held_out(str(i), 2.0) for i in range(3))
-    path = tmp_path / "three.jsonl"
-    path.write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(3)))
-    corpus = open_corpus([str(path)])
+    three = [{"text": f"doc {i}"} for i in range(3)]
+    monkeypatch.setitem(sys.modules, "datasets", fake_datasets({"train": three}, []))
+    corpus = open_corpus(["hf:org/name"], valid_percent=2.0)
     assert len(list(corpus.documents("train"))) == 3
     with pytest.raises(DataError, match="the valid split has no documents"):
         list(corpus.documents("valid"))

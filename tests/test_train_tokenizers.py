@@ -27,6 +27,8 @@ def test_byte_tokenizer_round_trip():
     assert tokenizer.encode_tensor("").numel() == 0
     assert tokenizer.decode([0xFF, 0x41]) == "\ufffdA"  # invalid UTF-8 is replaced, not raised
     assert tokenizer.token_byte_lengths() == [1] * 256
+    assert tokenizer.count_bytes(ids) == len(text.encode("utf-8"))
+    assert tokenizer.count_bytes(ids[:3]) == 3 and tokenizer.count_bytes([]) == 0
 
 
 def make_local_hf_tokenizer(directory: Path) -> Path:
@@ -63,17 +65,78 @@ def test_hugging_face_tokenizer_from_a_local_path(tmp_path):
     lengths = tokenizer.token_byte_lengths()
     assert lengths is tokenizer.token_byte_lengths()  # cached
     assert len(lengths) == tokenizer.vocab_size
-    assert lengths == [len(tokenizer.decode([i]).encode("utf-8")) for i in range(tokenizer.vocab_size)]
+    assert lengths == [tokenizer.count_bytes([i]) for i in range(tokenizer.vocab_size)]
     assert max(lengths) > 1
 
     # A tokenizer without encode_tensor goes through encode(): the same packing.
     (tmp_path / "docs").mkdir()
-    texts = {"a.txt": "the lazy dog", "b.txt": "héllo", "c.txt": "held out"}
+    texts = {"a.txt": "the lazy dog", "b.txt": "héllo"}
     corpus = open_corpus([str(write_texts(tmp_path / "docs", texts))], valid_percent=0.0)
     input_ids, position_ids = PackedRows(corpus, tokenizer, "train", seq_len=3, shuffle=False).next_rows(4)
     tokens, positions = expected_stream([texts["a.txt"], texts["b.txt"]] * 6, tokenizer.encode)
     assert input_ids.flatten().tolist() == tokens[:12]
     assert position_ids.flatten().tolist() == positions[:12]
+
+
+def make_local_sentencepiece_tokenizer(directory: Path, layout: str) -> Path:
+    """A tiny SentencePiece-style BPE ("▁" marks a space, byte fallback) trained here: no download.
+
+    layout "metaspace": tokenizers' Metaspace pre-tokenizer and decoder; "llama": Llama 2's, a normalizer
+    that turns spaces into "▁" and a decoder chain that strips the text's first space.
+    """
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+    bpe = tokenizers.Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    if layout == "metaspace":
+        bpe.pre_tokenizer = pre_tokenizers.Metaspace()
+        bpe.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace()])
+    else:
+        bpe.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        bpe.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")  # words, as SentencePiece
+        bpe.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+    byte_pieces = [f"<0x{byte:02X}>" for byte in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<eos>"] + byte_pieces)
+    bpe.train_from_iterator(["the quick brown fox jumps over the lazy dog", "héllo wörld"] * 20, trainer)
+    wrapped = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", unk_token="<unk>")
+    wrapped.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("kind", ["byte-level", "metaspace", "llama"])
+def test_count_bytes(tmp_path, kind):
+    if kind == "byte-level":  # GPT-2 style: "Ġ" marks a space
+        tokenizer = load_tokenizer(str(make_local_hf_tokenizer(tmp_path / "tokenizer")))
+    else:
+        tokenizer = load_tokenizer(str(make_local_sentencepiece_tokenizer(tmp_path / "tokenizer", kind)))
+    text = "the quick brown fox jumps over the lazy dog, héllo wörld 日本 😀."
+    ids = tokenizer.encode(text)
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.count_bytes([]) == 0
+    # SentencePiece spells the text's first space too ("▁the"): inside a longer text it stands for " the".
+    assert tokenizer.count_bytes(ids) == len(text.encode("utf-8")) + (kind != "byte-level")
+
+    # The tokens after the first k stand for the rest of the text, leading space included, wherever k cuts
+    # between characters (not inside 日's byte tokens).
+    cuts = 0
+    for k in range(1, len(ids)):
+        head = tokenizer.decode(ids[:k])
+        if "\ufffd" not in head + tokenizer.decode(ids[k:]):
+            assert tokenizer.count_bytes(ids[k:]) == len(text.encode("utf-8")) - len(head.encode("utf-8")), k
+            cuts += 1
+    assert cuts >= 10
+
+    # Word tokens with a space marker: decoded alone, SentencePiece's lose their space; counted, they keep it.
+    pieces = tokenizer._tokenizer.convert_ids_to_tokens(ids)
+    spaced = [(i, piece) for i, piece in zip(ids, pieces) if piece[0] in "Ġ▁" and piece[1:].isalpha()
+              and piece[1:].isascii()]
+    assert len(spaced) >= 5, pieces
+    for token_id, piece in spaced:
+        assert tokenizer.count_bytes([token_id]) == tokenizer.token_byte_lengths()[token_id] == len(piece)
+        if kind != "byte-level":
+            assert tokenizer.decode([token_id]) == piece[1:]  # what made token_byte_lengths 1 byte short
 
 
 def test_hugging_face_tokenizer_that_cannot_load(tmp_path):

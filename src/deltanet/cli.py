@@ -53,7 +53,18 @@ def _train(args: argparse.Namespace) -> int:
     except TrainError as error:
         print(f"deltanet train: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a full disk, a folder without write permission: no traceback for those
+        print(f"deltanet train: error: {error.strerror or error}"
+              + (f": {error.filename}" if error.filename else ""), file=sys.stderr)
+        return 2
     return 130 if summary.get("interrupted") else 0
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Bad options end in one line naming the option (and --help), not in the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 TRAIN_OPTION_NAMES: set[str] = set()
@@ -89,7 +100,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deltanet",
                                      description="DeltaNet: linear transformers with the delta rule.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
     check = sub.add_parser("check", help="self-check the ops on this machine and print a CPU speed table")
     check.add_argument("--seq-lens", type=int, nargs="+", default=[1024, 4096],
                        help="sequence lengths to time (default: 1024 4096)")

@@ -164,7 +164,9 @@ class DeltaNetModel(DeltaNetPreTrainedModel):
             hidden_states = hidden_states.reshape(1, batch_size * seq_len, -1)
 
         all_hidden_states = []
-        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        # (not with a cache: the recomputation would update it a second time)
+        checkpointing = (self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+                         and cache is None)
         for block in self.layers:
             all_hidden_states.append(hidden_states)
             if checkpointing:

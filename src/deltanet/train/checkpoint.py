@@ -99,16 +99,17 @@ def save_checkpoint(out_dir: str | Path, step: int, model: torch.nn.Module, trai
     (temp / "data_state.json").write_text(json.dumps(data_state))
     (temp / "train_config.json").write_text(json.dumps(train_config, indent=1))
     _fsync_tree(temp)
-    if final.exists():  # the same step written again (a resumed run that had not got further): replace it
-        old = root / f"{TEMP_PREFIX}old-{final.name}-{os.getpid()}"
-        final.rename(old)
-        temp.rename(final)
-        shutil.rmtree(old)
-    else:
-        temp.rename(final)
+    if final.exists():  # this step's checkpoint is there already (the run resumed from it): keep that one
+        shutil.rmtree(temp)
+        return final
+    temp.rename(final)
     _fsync_dir(root)
     for _, path in list_checkpoints(out_dir)[:-keep]:
-        shutil.rmtree(path)
+        # out of the step-* names first: a kill halfway through the deletion must not leave a partial
+        # checkpoint that looks complete
+        doomed = root / f"{TEMP_PREFIX}old-{path.name}-{os.getpid()}"
+        path.rename(doomed)
+        shutil.rmtree(doomed)
     return final
 
 

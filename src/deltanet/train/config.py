@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -68,8 +69,8 @@ class TrainConfig:
     activation_checkpointing: bool = _opt(False, "recompute each block's activations in the backward pass "
                                           "(less memory, ~30% more compute)")
     # output
-    out_dir: str = _opt("runs/deltanet", "folder for checkpoints, metrics.jsonl, TensorBoard events and the "
-                        "final model")
+    out_dir: str = _opt("", "folder for checkpoints, metrics.jsonl and TensorBoard events; empty: a new "
+                        "runs/<model>-<date>-<time> (give it with --resume)")
     resume: bool = _opt(False, "continue the run in out_dir from its latest checkpoint")
     checkpoint_interval: int = _opt(100, "steps between checkpoints (one is always written at the end)")
     keep_checkpoints: int = _opt(3, "how many of the latest checkpoints to keep")
@@ -105,6 +106,8 @@ class TrainConfig:
             (self.sample_tokens >= 0, "sample_tokens must be >= 0"),
             (0 <= self.valid_percent < 100, "valid_percent must be in [0, 100)"),
             (len(self.data) >= 1, "data must name at least one source"),
+            (re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -123,8 +126,8 @@ TYPES = typing.get_type_hints(TrainConfig)
 # Settings that describe how a run is done, not what it computes: they may differ when a run is resumed.
 RESUMABLE_CHANGES = frozenset({
     "steps", "out_dir", "resume", "checkpoint_interval", "keep_checkpoints", "log_interval", "eval_interval",
-    "tensorboard", "sample_tokens", "sample_prompt", "progress", "device", "compile", "compile_mode",
-    "activation_checkpointing", "micro_batch_size",
+    "eval_rows", "tensorboard", "sample_tokens", "sample_prompt", "progress", "device", "compile",
+    "compile_mode", "activation_checkpointing", "micro_batch_size",
 })
 
 
@@ -133,6 +136,13 @@ def check_value(name: str, value: Any) -> Any:
     expected = TYPES[name]
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if name == "data" and isinstance(value, str):  # one source
+        value = [value]
     if expected is bool and not isinstance(value, bool):
         raise ConfigError(f"{name} takes true or false, got {value!r}")
     if not isinstance(value, expected if isinstance(expected, type) else object) or (
@@ -161,7 +171,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text ({error.reason} at byte "
+                          f"{error.start})") from None
     try:
         if path.suffix == ".toml":
             try:

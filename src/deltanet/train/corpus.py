@@ -6,7 +6,8 @@ PackedRows streams a split's documents from it.
 * A unit is a file (text, .jsonl, .parquet) or one split of a Hugging Face dataset; each yields its documents
   in order, lazily.
 * `open_corpus` lists the units of the sources and divides them into a "train" and a held-out "valid" split,
-  by a hash of the file's path (or of the document's index), the same on every machine.
+  by a hash of the file's path (or of the document's index), the same on every machine; a lone text file
+  gives the tail of its lines.
 * `Corpus.documents` streams a split's documents lazily, in a deterministic (optionally shuffled) order, from
   any document on, so that a resumed run continues where it stopped.
 
@@ -47,20 +48,27 @@ def _import_optional(module: str, needed_by: str):
 
 
 class _TextFile:
-    """A file read as UTF-8 text (errors replaced): one document."""
+    """A file read as UTF-8 text (errors replaced): one document; or its bytes [start, end) only."""
 
     holds_many_documents = False
     num_documents = 1  # known without opening the file: resuming skips it unread
 
-    def __init__(self, path: Path, name: str):
+    def __init__(self, path: Path, name: str, start: int = 0, end: int | None = None):
         self.path, self.name = path, name
+        self.start, self.end = start, end
 
-    def documents(self) -> Iterator[str]:
+    def read_bytes(self) -> bytes:
         try:
-            data = self.path.read_bytes()
+            with open(self.path, "rb") as file:
+                file.seek(self.start)
+                return file.read() if self.end is None else file.read(self.end - self.start)
         except OSError as exc:
             raise DataError(f"{self.path}: cannot read: {_first_line(exc)}") from exc
-        yield data.decode("utf-8", errors="replace")
+
+    def documents(self) -> Iterator[str]:
+        # The bytes are cut only after a b"\n", which is never inside a UTF-8 character: decoding a piece
+        # gives the same text as cutting the decoded whole.
+        yield self.read_bytes().decode("utf-8", errors="replace")
 
 
 class _JsonLinesFile:
@@ -80,6 +88,19 @@ class _JsonLinesFile:
                         yield self._text(line, line_number)
         except OSError as exc:
             raise DataError(f"{self.path}: cannot read: {_first_line(exc)}") from exc
+
+    def count_documents(self, limit: int) -> int:
+        """min(documents in the file, limit), reading no further than the limit-th (non-blank lines)."""
+        count = 0
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as lines:
+                for line in lines:
+                    count += bool(line.strip())
+                    if count == limit:
+                        break
+        except OSError as exc:
+            raise DataError(f"{self.path}: cannot read: {_first_line(exc)}") from exc
+        return count
 
     def _text(self, line: str, line_number: int) -> str:
         where = f"{self.path} line {line_number}"
@@ -123,6 +144,9 @@ class _ParquetFile:
                     yield "" if text is None else text  # a null is an empty document (skipped when packed)
         except OSError as exc:
             raise DataError(f"{self.path}: cannot read: {_first_line(exc)}") from exc
+
+    def count_documents(self, limit: int) -> int:
+        return min(self.num_documents, limit)
 
 
 class _HubSplit:
@@ -247,13 +271,74 @@ def _split_by_document(unit, valid_percent: float) -> tuple[_Part, _Part]:
     return _Part(unit, keep=lambda index: not valid(index)), _Part(unit, keep=valid)
 
 
+def _first_index(valid_percent: float, held: bool) -> int | None:
+    """The first document index that the held-out rule puts in valid (held) or in train; None: no index."""
+    # Held out: crc32 % 10000 < valid_percent * 100, which 0 satisfies if any value does; trained on:
+    # >= valid_percent * 100, which 9999 satisfies if any value does.
+    if (held and valid_percent <= 0) or (not held and valid_percent * 100 > 9999):
+        return None
+    index = 0  # crc32 % 10000 of the indices takes every value: the loop ends
+    while _held_out(str(index), valid_percent) != held:
+        index += 1
+    return index
+
+
+def _split_lone_document_file(unit, valid_percent: float) -> tuple[list[_Part], list[_Part]]:
+    """Train and valid parts of a lone .jsonl / .parquet file, by document index.
+
+    Counts the documents only as far as needed (the first index of each split) to say now, rather than when
+    a split is read, that one of them would be empty.
+    """
+    train, valid = _split_by_document(unit, valid_percent)
+    first_valid, first_train = _first_index(valid_percent, True), _first_index(valid_percent, False)
+    if first_train is None:  # valid_percent ~100: open_corpus says that nothing is left for training
+        return [], [valid]
+    count = unit.count_documents(limit=max(first_valid, first_train) + 1)
+    if count <= first_valid:
+        raise DataError(
+            f"{unit.path}: none of its {count} document(s) is held out at valid_percent={valid_percent} "
+            f"(documents are held out by a hash of their index; the first would be document "
+            f"{first_valid + 1}): use --valid-percent 0 to train without validation, or give more documents"
+        )
+    if count <= first_train:
+        raise DataError(
+            f"{unit.path}: all of its {count} document(s) are held out at valid_percent={valid_percent}: "
+            "use a smaller --valid-percent (0: no validation), or give more documents"
+        )
+    return [train], [valid]
+
+
+def _split_lone_text_file(unit: _TextFile, valid_percent: float) -> tuple[list[_Part], list[_Part]]:
+    """Train and valid parts of a lone text file: the last valid_percent % of its lines (at least one) are
+    held out, the rest is trained on; each is one document, cut after a line's b"\n"."""
+    data = unit.read_bytes()
+    num_lines = data.count(b"\n") + (bool(data) and not data.endswith(b"\n"))  # a last unended line counts
+    held_lines = max(1, int(num_lines * valid_percent / 100))
+    if held_lines >= num_lines:
+        raise DataError(
+            f"{unit.path}: a single text file of {num_lines} line(s) cannot be divided into training text "
+            f"and a held-out tail of {held_lines} line(s) (valid_percent={valid_percent}): use "
+            "--valid-percent 0 to train without validation, or give more lines or files"
+        )
+    cut = len(data) - 1 if data.endswith(b"\n") else len(data)  # the last line's own b"\n" starts none
+    for _ in range(held_lines):  # held_lines < num_lines: there are that many b"\n" before the cut
+        cut = data.rfind(b"\n", 0, cut)
+    cut += 1  # the held-out tail starts after a b"\n"
+    train = _TextFile(unit.path, unit.name, end=cut)
+    valid = _TextFile(unit.path, unit.name, start=cut, end=len(data))
+    return [_Part(train)], [_Part(valid)]
+
+
 def _split_files(units: list, valid_percent: float) -> tuple[list[_Part], list[_Part]]:
-    """Train and valid parts of the file units: by unit, or by document for a lone multi-document file."""
-    if len(units) == 1 and units[0].holds_many_documents:
-        train, valid = _split_by_document(units[0], valid_percent)
-        return [train], [valid]
+    """Train and valid parts of the file units: by unit; a lone file by document, or by line if it is text."""
+    if valid_percent == 0:
+        return [_Part(unit) for unit in units], []
+    if len(units) == 1:
+        if units[0].holds_many_documents:
+            return _split_lone_document_file(units[0], valid_percent)
+        return _split_lone_text_file(units[0], valid_percent)
     valid_units = [unit for unit in units if _held_out(unit.name, valid_percent)]
-    if not valid_units and len(units) >= 2:
+    if not valid_units:
         valid_units = [units[-1]]  # too few units for the hash to pick one: both splits must have documents
     held = {id(unit) for unit in valid_units}
     return [_Part(unit) for unit in units if id(unit) not in held], [_Part(unit) for unit in valid_units]
@@ -273,6 +358,8 @@ def _hub_parts(source: str, text_field: str, valid_percent: float) -> tuple[list
     if "train" not in splits:
         raise DataError(f"{source}: no 'train' split (splits: {', '.join(splits)})")
     train = _HubSplit(source, "train", splits["train"], text_field)
+    if valid_percent == 0:
+        return [_Part(train)], []  # no held-out split: not even the dataset's own "validation"
     if "validation" in splits:
         return [_Part(train)], [_Part(_HubSplit(source, "validation", splits["validation"], text_field))]
     train_part, valid_part = _split_by_document(train, valid_percent)
@@ -296,13 +383,22 @@ def open_corpus(sources: list[str], text_field: str = "text", valid_percent: flo
             "hf:NAME" or "hf:NAME:CONFIG": a Hugging Face dataset, streamed (needs datasets).
             A single string is taken as a list of one.
         text_field: the JSON field / parquet column / dataset field that holds the text.
-        valid_percent: in [0, 100]; about this share of the files (or of the documents of a lone .jsonl /
-            .parquet file, or of a dataset without a "validation" split) is held out, chosen by crc32 of
-            the relative path (or of the document index). If no file is chosen, the last one is.
+        valid_percent: in [0, 100], the share held out as the "valid" split, the same on every machine:
+            0: nothing is held out: every file and dataset is training data and the valid split is empty
+                (a dataset's own "validation" split is not used).
+            Several files (all the sources' files together): about this share of them, chosen by crc32 of
+                the relative path; if the hash chooses none, the last file.
+            A lone text file: the last valid_percent % of its lines (at least one line), cut at a line
+                boundary, is the valid split's document; the lines before it are the training document.
+            A lone .jsonl / .parquet file: about this share of its documents, chosen by crc32 of the
+                document's index; there must be enough documents for both splits to get one (at 2 %, 77).
+            A dataset: its "validation" split, or else about this share of the documents of its "train"
+                split, chosen as in a lone .jsonl file.
 
     Raises:
         DataError: a missing path, no files, an unknown "hf:" form, a missing package, a parquet file
-            without the column, or a split without units. Bad JSON lines surface when they are read.
+            without the column, no training data, or a lone file too short to hold out part of it at this
+            valid_percent. Bad JSON lines surface when they are read.
     """
     if isinstance(sources, str):
         sources = [sources]
@@ -326,11 +422,6 @@ def open_corpus(sources: list[str], text_field: str = "text", valid_percent: flo
     description = " ".join(sources)
     if not parts["train"]:
         raise DataError(f"{description}: no documents left for training with valid_percent={valid_percent}")
-    if not parts["valid"]:
-        raise DataError(
-            f"{description}: no documents for the valid split (a single one-document file cannot be split: "
-            "give several files, or one .jsonl / .parquet file with a document per line / row)"
-        )
     return Corpus(parts, description)
 
 
@@ -347,7 +438,8 @@ class Corpus:
         return self._parts[split]
 
     def num_units(self, split: str) -> int:
-        """Units (files / dataset splits) of "train" or "valid"; a unit split by document counts in both."""
+        """Units (files / dataset splits) of "train" or "valid"; a unit split by document or by line counts
+        in both; 0 for "valid" when nothing is held out."""
         return len(self._split(split))
 
     def unit_names(self, split: str) -> list[str]:

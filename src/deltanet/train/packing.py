@@ -22,18 +22,32 @@ class PackedRows:
     row with its positions continuing (37, 38, ...). After the split's last document the next epoch begins,
     its units re-shuffled when `shuffle`. Only the current document's tokens are held in memory.
 
+    With `max_document_tokens`, a longer document is cut to its first max_document_tokens tokens, as if it
+    ended there (the rest is skipped): held-out rows built with max_document_tokens=seq_len come from many
+    documents rather than from the first thousands of tokens of one.
+
     Exactly resumable: after `load_state_dict(other.state_dict())`, `next_rows` gives the rows `other`
     would have given next.
     """
 
     def __init__(
-        self, corpus: Corpus, tokenizer, split: str, seq_len: int, seed: int = 0, shuffle: bool = True
+        self,
+        corpus: Corpus,
+        tokenizer,
+        split: str,
+        seq_len: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        max_document_tokens: int | None = None,
     ):
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        if max_document_tokens is not None and max_document_tokens < 1:
+            raise ValueError(f"max_document_tokens must be None or >= 1, got {max_document_tokens}")
         corpus.num_units(split)  # validates the split's name now rather than at the first row
         self.corpus, self.tokenizer, self.split = corpus, tokenizer, split
         self.seq_len, self.seed, self.shuffle = seq_len, seed, shuffle
+        self.max_document_tokens = max_document_tokens
         self._encode_tensor = getattr(tokenizer, "encode_tensor", None)
         self.load_state_dict({"epoch": 0, "doc_index": 0, "token_offset": 0, "tokens_read": 0})
 
@@ -41,7 +55,8 @@ class PackedRows:
         """Where the next row starts, as plain ints (JSON-able).
 
         {"epoch", "doc_index": the document's index in the epoch's order, "token_offset": the token inside
-        it, "tokens_read": tokens returned so far}.
+        it (of the cut document, with max_document_tokens), "tokens_read": tokens returned so far}. A state
+        resumes exactly in a PackedRows built with the same arguments (max_document_tokens included).
         """
         return {
             "epoch": self._epoch,
@@ -102,7 +117,7 @@ class PackedRows:
             if text is None:
                 self._next_epoch()
                 continue
-            tokens = self._encode(text)
+            tokens = self._encode(text)[: self.max_document_tokens]  # [:None] keeps them all
             if self._token_offset >= tokens.numel():  # an empty document (or a state at a document's end)
                 self._doc_index += 1
                 self._token_offset = 0

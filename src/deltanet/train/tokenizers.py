@@ -1,7 +1,8 @@
 """Tokenizers for `deltanet train`: text in, token ids out.
 
 Where it sits: on top of torch and errors (transformers is imported only when a Hugging Face tokenizer is
-loaded); PackedRows encodes each document with one, and the trainer takes its vocab_size.
+loaded); PackedRows encodes each document with one, and the trainer takes its vocab_size and measures
+held-out text with `count_bytes` (for bits per byte).
 
 * `ByteTokenizer`: UTF-8 bytes as ids 0..255, the default: no download, any text.
 * `HuggingFaceTokenizer`: any transformers.AutoTokenizer, from the hub or a local path.
@@ -38,13 +39,22 @@ class ByteTokenizer:
     def decode(self, ids: list[int]) -> str:
         return bytes(ids).decode("utf-8", errors="replace")
 
+    def count_bytes(self, ids: list[int]) -> int:
+        """UTF-8 bytes of the text that `ids` stand for: one a token."""
+        return len(ids)
+
     def token_byte_lengths(self) -> list[int]:
         """UTF-8 bytes each token id stands for: all 1."""
         return [1] * self.vocab_size
 
 
 class HuggingFaceTokenizer:
-    """Any Hugging Face tokenizer (transformers.AutoTokenizer: a hub name or a local path)."""
+    """Any Hugging Face tokenizer (transformers.AutoTokenizer: a hub name or a local path).
+
+    Bytes are measured by decoding after a fixed context (the tokens of "a"): decoders drop the leading
+    space of a text's first token (SentencePiece's "▁the" decodes alone to "the"), which is not what the
+    token stands for inside running text (" the").
+    """
 
     def __init__(self, name_or_path: str):
         from transformers import AutoTokenizer
@@ -60,6 +70,8 @@ class HuggingFaceTokenizer:
         self.name = name_or_path
         self.vocab_size = len(tokenizer)  # includes added tokens, unlike tokenizer.vocab_size
         self._byte_lengths: list[int] | None = None
+        self._context = tokenizer.encode("a", add_special_tokens=False)
+        self._context_bytes = len(self._decode_to_bytes(self._context))
 
     def encode(self, text: str) -> list[int]:
         """The ids of `text`, with no special tokens added (no BOS/EOS: documents are packed as they are)."""
@@ -68,11 +80,34 @@ class HuggingFaceTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids)
 
+    def _decode_to_bytes(self, ids: list[int]) -> bytes:
+        # No clean-up: it would take spaces out (" ." -> ".") that the tokens do stand for.
+        return self._tokenizer.decode(ids, clean_up_tokenization_spaces=False).encode("utf-8")
+
+    def count_bytes(self, ids: list[int]) -> int:
+        """UTF-8 bytes of the text that `ids` stand for as a piece of a longer text (the denominator of bits
+        per byte): len(decode(context + ids)) - len(decode(context)), with leading spaces kept.
+
+        Exact for whole characters; a character whose bytes are split between this list and its neighbours
+        (byte-level BPE, byte fallback) counts as the 3 bytes of the U+FFFD that replaces each piece.
+        """
+        if not ids:
+            return 0
+        return len(self._decode_to_bytes(self._context + list(ids))) - self._context_bytes
+
     def token_byte_lengths(self) -> list[int]:
-        """Per id, len(decode([id]).encode("utf-8")): computed once (batched), then cached."""
+        """Per id, count_bytes([id]): computed once (batched), then cached.
+
+        An approximation for a sum over tokens: a token that holds part of a character (a byte of byte-level
+        BPE or byte fallback) counts 3 bytes (U+FFFD), however many it stands for; count_bytes over whole runs
+        of tokens is exact.
+        """
         if self._byte_lengths is None:
-            pieces = self._tokenizer.batch_decode([[token_id] for token_id in range(self.vocab_size)])
-            self._byte_lengths = [len(piece.encode("utf-8")) for piece in pieces]
+            pieces = self._tokenizer.batch_decode(
+                [self._context + [token_id] for token_id in range(self.vocab_size)],
+                clean_up_tokenization_spaces=False,
+            )
+            self._byte_lengths = [len(piece.encode("utf-8")) - self._context_bytes for piece in pieces]
         return self._byte_lengths
 
 
