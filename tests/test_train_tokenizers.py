@@ -26,7 +26,6 @@ def test_byte_tokenizer_round_trip():
     assert tokenizer.encode_tensor(text).tolist() == ids
     assert tokenizer.encode_tensor("").numel() == 0
     assert tokenizer.decode([0xFF, 0x41]) == "\ufffdA"  # invalid UTF-8 is replaced, not raised
-    assert tokenizer.token_byte_lengths() == [1] * 256
     assert tokenizer.count_bytes(ids) == len(text.encode("utf-8"))
     assert tokenizer.count_bytes(ids[:3]) == 3 and tokenizer.count_bytes([]) == 0
 
@@ -62,20 +61,20 @@ def test_hugging_face_tokenizer_from_a_local_path(tmp_path):
     assert len(ids) < len(text.encode("utf-8"))  # merges were learned and used
     assert tokenizer.decode(ids) == text
 
-    lengths = tokenizer.token_byte_lengths()
-    assert lengths is tokenizer.token_byte_lengths()  # cached
-    assert len(lengths) == tokenizer.vocab_size
-    assert lengths == [tokenizer.count_bytes([i]) for i in range(tokenizer.vocab_size)]
-    assert max(lengths) > 1
+    eos = tokenizer.eos_token_id
+    assert eos is not None and tokenizer.count_bytes([eos]) == 0  # EOS stands for no text
+    assert tokenizer.count_bytes(ids + [eos]) == len(text.encode("utf-8"))
 
-    # A tokenizer without encode_tensor goes through encode(): the same packing.
+    # Packed rows end each document with EOS, so that the model learns where documents end.
     (tmp_path / "docs").mkdir()
     texts = {"a.txt": "the lazy dog", "b.txt": "héllo"}
     corpus = open_corpus([str(write_texts(tmp_path / "docs", texts))], valid_percent=0.0)
     input_ids, position_ids = PackedRows(corpus, tokenizer, "train", seq_len=3, shuffle=False).next_rows(4)
-    tokens, positions = expected_stream([texts["a.txt"], texts["b.txt"]] * 6, tokenizer.encode)
+    with_eos = lambda text: tokenizer.encode(text) + [eos]  # noqa: E731
+    tokens, positions = expected_stream([texts["a.txt"], texts["b.txt"]] * 6, with_eos)
     assert input_ids.flatten().tolist() == tokens[:12]
     assert position_ids.flatten().tolist() == positions[:12]
+    assert eos in input_ids.flatten().tolist()
 
 
 def make_local_sentencepiece_tokenizer(directory: Path, layout: str) -> Path:
@@ -134,9 +133,9 @@ def test_count_bytes(tmp_path, kind):
               and piece[1:].isascii()]
     assert len(spaced) >= 5, pieces
     for token_id, piece in spaced:
-        assert tokenizer.count_bytes([token_id]) == tokenizer.token_byte_lengths()[token_id] == len(piece)
+        assert tokenizer.count_bytes([token_id]) == len(piece)
         if kind != "byte-level":
-            assert tokenizer.decode([token_id]) == piece[1:]  # what made token_byte_lengths 1 byte short
+            assert tokenizer.decode([token_id]) == piece[1:]  # a per-token table would be a byte short
 
 
 def test_hugging_face_tokenizer_that_cannot_load(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -38,11 +39,11 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from deltanet.train.config import build_config, parse_model_config_item, read_config_file
+    from deltanet.train.config import FIELDS, build_config, parse_model_config_item, read_config_file
     from deltanet.train.errors import TrainError
     from deltanet.train.trainer import train
 
-    overrides = {name: value for name, value in vars(args).items() if name in TRAIN_OPTION_NAMES}
+    overrides = {name: value for name, value in vars(args).items() if name in FIELDS}
     try:
         if "model_config" in overrides:
             items = overrides["model_config"]
@@ -67,9 +68,6 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-TRAIN_OPTION_NAMES: set[str] = set()
-
-
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field, documented by the field's help; only the options given override
     the config file and the defaults."""
@@ -80,7 +78,6 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="settings from a .toml or .yaml file (keys: the "
                         "options below without '--', with '_' for '-'); options given here override it")
     for field in dataclasses.fields(TrainConfig):
-        TRAIN_OPTION_NAMES.add(field.name)
         flag = "--" + field.name.replace("_", "-")
         kind = TYPES[field.name]
         default = field.default_factory() if field.default is dataclasses.MISSING else field.default
@@ -90,9 +87,10 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
         elif field.name == "model_config":
             parser.add_argument(flag, action="append", metavar="KEY=VALUE", **common)
-        elif kind is list:
-            item = float if field.name == "adam_betas" else str
-            parser.add_argument(flag, nargs=2 if item is float else "+", type=item, metavar="VALUE", **common)
+        elif typing.get_origin(kind) is list:
+            item = typing.get_args(kind)[0]
+            parser.add_argument(flag, nargs=2 if field.name == "adam_betas" else "+", type=item,
+                                metavar=item.__name__.upper(), **common)
         else:
             parser.add_argument(flag, type=kind, metavar=kind.__name__.upper(), **common)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +33,11 @@ class TrainConfig:
     model: str = _opt("deltanet-mini", "model preset, '<architecture>-<size>' (e.g. deltanet-340m, "
                       "deltanet-swa-1.3b, transformer++-340m; the mini size trains on a CPU); see "
                       "deltanet.models.presets")
-    model_config: dict = _opt({}, "DeltaNetConfig fields over the preset's (file: a table; command line: "
-                              "KEY=VALUE, repeatable); vocab_size defaults to the tokenizer's")
+    model_config: dict[str, Any] = _opt(
+        {}, "DeltaNetConfig fields over the preset's (file: a table; command line: KEY=VALUE, repeatable); "
+        "vocab_size defaults to the tokenizer's")
     # data
-    data: list = _opt(["stdlib"], "training text: 'stdlib' (this Python's standard library source, the "
+    data: list[str] = _opt(["stdlib"], "training text: 'stdlib' (this Python's standard library source, the "
                       "default), local files or directories (.txt and other text, .jsonl, .parquet), or "
                       "'hf:NAME[:CONFIG]' (a Hugging Face dataset, streamed); several may be given")
     text_field: str = _opt("text", "the text's field in .jsonl, .parquet and Hugging Face datasets")
@@ -54,7 +54,7 @@ class TrainConfig:
                                  "gradient accumulation); smaller values accumulate gradients")
     lr: float = _opt(3e-4, "peak learning rate of AdamW")
     weight_decay: float = _opt(0.01, "AdamW weight decay (not applied to norms, biases and embeddings)")
-    adam_betas: list = _opt([0.9, 0.95], "AdamW betas")
+    adam_betas: list[float] = _opt([0.9, 0.95], "AdamW betas")
     warmup_steps: int = _opt(-1, "linear warm-up steps, then cosine decay to min_lr_ratio x lr; -1: 10% of "
                              "steps, at most 2000")
     min_lr_ratio: float = _opt(0.1, "the learning rate at the last step, as a fraction of lr")
@@ -145,9 +145,8 @@ def check_value(name: str, value: Any) -> Any:
         value = [value]
     if expected is bool and not isinstance(value, bool):
         raise ConfigError(f"{name} takes true or false, got {value!r}")
-    if not isinstance(value, expected if isinstance(expected, type) else object) or (
-        expected is int and isinstance(value, bool)
-    ):
+    container = typing.get_origin(expected) or expected  # list[str] -> list
+    if not isinstance(value, container) or (expected is int and isinstance(value, bool)):
         raise ConfigError(f"{name} takes a {_type_name(expected)}, got {value!r} ({type(value).__name__})")
     if name == "adam_betas":
         try:
@@ -160,10 +159,9 @@ def check_value(name: str, value: Any) -> Any:
 
 
 def _type_name(expected: Any) -> str:
-    if isinstance(expected, types.GenericAlias) or not isinstance(expected, type):
-        return str(expected)
-    return {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "list": "list",
-            "dict": "table (mapping)"}.get(expected.__name__, expected.__name__)
+    container = typing.get_origin(expected) or expected
+    return {str: "string", int: "integer", float: "number", bool: "boolean", list: "list",
+            dict: "table (mapping)"}.get(container, str(expected))
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -43,10 +43,6 @@ class ByteTokenizer:
         """UTF-8 bytes of the text that `ids` stand for: one a token."""
         return len(ids)
 
-    def token_byte_lengths(self) -> list[int]:
-        """UTF-8 bytes each token id stands for: all 1."""
-        return [1] * self.vocab_size
-
 
 class HuggingFaceTokenizer:
     """Any Hugging Face tokenizer (transformers.AutoTokenizer: a hub name or a local path).
@@ -69,13 +65,25 @@ class HuggingFaceTokenizer:
         self._tokenizer = tokenizer
         self.name = name_or_path
         self.vocab_size = len(tokenizer)  # includes added tokens, unlike tokenizer.vocab_size
-        self._byte_lengths: list[int] | None = None
         self._context = tokenizer.encode("a", add_special_tokens=False)
         self._context_bytes = len(self._decode_to_bytes(self._context))
+        # the model's config takes these (generation stops at EOS)
+        self.bos_token_id = tokenizer.bos_token_id
+        self.eos_token_id = tokenizer.eos_token_id
+        self.pad_token_id = tokenizer.pad_token_id
+        self._special_ids = set(tokenizer.all_special_ids)
 
     def encode(self, text: str) -> list[int]:
-        """The ids of `text`, with no special tokens added (no BOS/EOS: documents are packed as they are)."""
+        """The ids of `text`, with no special tokens added."""
         return self._tokenizer.encode(text, add_special_tokens=False)
+
+    def encode_tensor(self, text: str) -> torch.Tensor:
+        """A whole document's ids, int64 [L], followed by EOS when the tokenizer has one: packed training rows
+        then teach the model where a document ends (and generate() stops there)."""
+        ids = self.encode(text)
+        if self.eos_token_id is not None and ids:
+            ids.append(self.eos_token_id)
+        return torch.tensor(ids, dtype=torch.int64)
 
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids)
@@ -91,24 +99,10 @@ class HuggingFaceTokenizer:
         Exact for whole characters; a character whose bytes are split between this list and its neighbours
         (byte-level BPE, byte fallback) counts as the 3 bytes of the U+FFFD that replaces each piece.
         """
+        ids = [token for token in ids if token not in self._special_ids]  # EOS & co. stand for no text
         if not ids:
             return 0
-        return len(self._decode_to_bytes(self._context + list(ids))) - self._context_bytes
-
-    def token_byte_lengths(self) -> list[int]:
-        """Per id, count_bytes([id]): computed once (batched), then cached.
-
-        An approximation for a sum over tokens: a token that holds part of a character (a byte of byte-level
-        BPE or byte fallback) counts 3 bytes (U+FFFD), however many it stands for; count_bytes over whole runs
-        of tokens is exact.
-        """
-        if self._byte_lengths is None:
-            pieces = self._tokenizer.batch_decode(
-                [self._context + [token_id] for token_id in range(self.vocab_size)],
-                clean_up_tokenization_spaces=False,
-            )
-            self._byte_lengths = [len(piece.encode("utf-8")) - self._context_bytes for piece in pieces]
-        return self._byte_lengths
+        return len(self._decode_to_bytes(self._context + ids)) - self._context_bytes
 
 
 def load_tokenizer(spec: str):
