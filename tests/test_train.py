@@ -322,3 +322,32 @@ def test_tensorboard_events_are_written(tmp_path):
     pytest.importorskip("tensorboard")
     run_train(tmp_path, steps=2, tensorboard=True)
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_compiled_packed_batches_compile_once_per_document_count_bucket():
+    """With --compile the trainer pads cu_seqlens with empty documents to a power of two: batches with other
+    document counts in the same bucket reuse one graph (no graph break either: no host read under
+    tracing), and the padded, compiled loss equals the eager loss of the unpadded batch (Triton kernels, in
+    the interpreter on the CPU)."""
+    from torch._dynamo.utils import counters
+
+    from deltanet.models import preset_config
+    from deltanet.ops.host_offsets import remember_host_offsets
+    from deltanet.train.trainer import flatten_rows
+
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    counters.clear()
+    model = DeltaNetForCausalLM(preset_config("deltanet-debug", backend="triton", num_hidden_layers=1))
+    compiled = torch.compile(model, fullgraph=True, dynamic=False)
+    for lengths in ([20, 30, 14], [64], [3, 3, 3, 55]):  # 6, 2, 8 documents in the 2 rows: all padded to 8
+        positions = torch.cat([torch.arange(n) for n in lengths])[None].expand(2, -1).contiguous()
+        ids = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(len(lengths)))
+        flat_ids, flat_positions, cu_seqlens = flatten_rows(ids, positions, fixed_count=True)
+        assert cu_seqlens.numel() == 9
+        remember_host_offsets(cu_seqlens, cu_seqlens.tolist())
+        loss = compiled(input_ids=flat_ids, position_ids=flat_positions, cu_seqlens=cu_seqlens,
+                        labels=flat_ids).loss
+        eager = model(input_ids=ids, position_ids=positions, labels=ids).loss
+        assert loss.item() == pytest.approx(eager.item(), rel=1e-5)
+    assert counters["stats"]["unique_graphs"] == 1

@@ -49,8 +49,11 @@ def packed_documents(
     if cu_seqlens is not None:
         if batch_size != 1:
             raise ValueError(f"cu_seqlens needs a single packed row (B = 1), got B={batch_size}")
-        offsets = host_offsets(cu_seqlens) if cu_seqlens.dim() == 1 else ()  # read once, shared with the ops
-        if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != seq_len:
+        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+            raise ValueError(f"cu_seqlens must have shape [N + 1], got {list(cu_seqlens.shape)}")
+        # read once, shared with the ops; not under torch.compile (it would recompile for every packing)
+        offsets = (0, seq_len) if torch.compiler.is_compiling() else host_offsets(cu_seqlens)
+        if offsets[0] != 0 or offsets[-1] != seq_len:
             raise ValueError(
                 f"cu_seqlens must be [0, ..., T={seq_len}] (shape [N + 1]), got {cu_seqlens.tolist()}"
             )
@@ -120,7 +123,9 @@ def sequence_info_for(
 
 
 def document_starts(cu_seqlens: torch.Tensor, batch_size: int, seq_len: int) -> torch.Tensor:
-    """bool [B, T], True at the first token of each packed document (rows laid end to end)."""
-    starts = torch.zeros(batch_size * seq_len, dtype=torch.bool, device=cu_seqlens.device)
-    starts[cu_seqlens[:-1].clamp(max=batch_size * seq_len - 1)] = True
-    return starts.view(batch_size, seq_len)
+    """bool [B, T], True at the first token of each packed document (rows laid end to end). Empty documents
+    (repeated offsets, e.g. padding at the end that keeps the number of documents fixed) start nothing."""
+    total = batch_size * seq_len
+    starts = torch.zeros(total + 1, dtype=torch.bool, device=cu_seqlens.device)
+    starts[cu_seqlens[:-1]] = True  # an empty document at the end marks the extra slot
+    return starts[:total].view(batch_size, seq_len)

@@ -43,7 +43,7 @@ def memoized(tensor: torch.Tensor, key: Hashable, build: Callable[[], Any]) -> A
     torch.inference_mode) have no version counter, and under torch.compile's tracing nothing is memoised:
     build() runs each time.
     """
-    if tensor.is_inference() or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or tensor.is_inference():  # (is_inference() would break the graph)
         return build()
     entries = _entries(tensor)
     if key not in entries:

@@ -36,7 +36,8 @@ def shape_str(t: torch.Tensor) -> str:
 def check_cu_seqlens(
     cu_seqlens: torch.Tensor, batch: int, seq_len: int, device: torch.device, input_name: str
 ) -> tuple[int, ...]:
-    """Validate packed-sequence offsets for an input [B, T, ...] called input_name; return them as ints.
+    """Validate packed-sequence offsets for an input [B, T, ...] called input_name; return them as ints
+    (None under torch.compile's tracing, where only their type, shape and device are checked).
 
     cu_seqlens must be an int32/int64 tensor [N + 1] on the input's device, B must be 1, and the offsets must
     start at 0, end at T and never decrease. Reads cu_seqlens on the host (once per tensor: host_offsets).
@@ -54,6 +55,10 @@ def check_cu_seqlens(
             f"with cu_seqlens the batch size B of {input_name} must be 1 (sequences packed along T), "
             f"got B={batch}"
         )
+    if torch.compiler.is_compiling():
+        # Reading the values would break the graph and specialise it on them: a compiled model recompiled
+        # for every new packing. Under torch.compile the ops check them where they read them anyway.
+        return None
     offsets = host_offsets(cu_seqlens)
     if offsets[0] != 0:
         raise ValueError(f"cu_seqlens must start at 0, got {offsets[0]}")
@@ -111,7 +116,8 @@ def check_delta_rule_inputs(
 
     num_sequences = B
     if cu_seqlens is not None:
-        num_sequences = len(check_cu_seqlens(cu_seqlens, B, T, device, "q")) - 1
+        check_cu_seqlens(cu_seqlens, B, T, device, "q")
+        num_sequences = cu_seqlens.numel() - 1
 
     if initial_state is not None:
         if not isinstance(initial_state, torch.Tensor):

@@ -105,14 +105,19 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.de
                              fused=device.type == "cuda")
 
 
-def flatten_rows(input_ids: torch.Tensor, position_ids: torch.Tensor):
+def flatten_rows(input_ids: torch.Tensor, position_ids: torch.Tensor, fixed_count: bool = False):
     """Packed rows [m, T] -> one row [1, m T] and its document offsets cu_seqlens int64 [N + 1] (every row
     starts a document, as do positions 0), computed here on the host: the model and its ops then need not
-    read them back from the GPU, which would stall the queue of launched kernels once per step."""
+    read them back from the GPU, which would stall the queue of launched kernels once per step.
+
+    fixed_count: N is rounded up to a power of two (at least 8) with empty documents at the end, so that
+    torch.compile sees a few shapes of cu_seqlens, not one per batch."""
     m, seq_len = input_ids.shape
     starts = position_ids.reshape(-1) == 0
     starts[::seq_len] = True
-    cu_seqlens = torch.cat([starts.nonzero().flatten(), torch.tensor([m * seq_len])])
+    offsets = starts.nonzero().flatten()
+    padding = max(8, 1 << (len(offsets) - 1).bit_length()) - len(offsets) if fixed_count else 0
+    cu_seqlens = torch.cat([offsets, torch.full((1 + padding,), m * seq_len)])
     return input_ids.reshape(1, -1), position_ids.reshape(1, -1), cu_seqlens
 
 
@@ -301,9 +306,10 @@ class Trainer:
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if self.config.compile:
-            # not fullgraph: packed rows find their documents on the host. Their number changes from batch to
-            # batch, and each new count compiles again.
-            model = torch.compile(model, mode=self.config.compile_mode, dynamic=False)
+            # One graph per bucket of document counts (flatten_rows' fixed_count); DDP splits it at its
+            # gradient buckets, hence fullgraph only in one process.
+            model = torch.compile(model, mode=self.config.compile_mode, dynamic=False,
+                                  fullgraph=self.world == 1)
         return model
 
     def autocast(self):
@@ -377,7 +383,7 @@ class Trainer:
         for index in range(self.accumulation):
             rows = slice(index * self.micro_batch, (index + 1) * self.micro_batch)
             targets = counted_targets(position_ids[rows])
-            flat = flatten_rows(input_ids[rows], position_ids[rows])
+            flat = flatten_rows(input_ids[rows], position_ids[rows], fixed_count=config.compile)
             ids, positions, cu_seqlens = (to_device(t, device) for t in flat)
             remember_host_offsets(cu_seqlens, flat[2].tolist())
             with contextlib.nullcontext() if index == self.accumulation - 1 else no_sync():
