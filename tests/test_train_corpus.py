@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import types
 import zlib
 
 import pytest
+import torch
 from train_helpers import assert_one_line, write_texts
 
 from deltanet.train.corpus import open_corpus
@@ -178,6 +180,93 @@ def test_hugging_face_dataset_sources(monkeypatch):
         open_corpus(["hf:org/name"])
 
 
+class StreamStandIn:
+    """A streamed split without stream state (datasets < 2.18): each pass reads from the first example."""
+
+    def __init__(self, examples: list[dict]):
+        self.examples = examples
+        self.passes: list[int] = []  # the index of each pass's first example
+
+    def __iter__(self):  # a generator, as in datasets: a pass begins at its first next()
+        first = self._first_index()
+        self.passes.append(first)
+        for index in range(first, len(self.examples)):
+            self._advanced_to(index + 1)
+            yield self.examples[index]
+
+    def _first_index(self) -> int:
+        return 0
+
+    def _advanced_to(self, index: int) -> None:
+        pass
+
+
+class ResumableStreamStandIn(StreamStandIn):
+    """With datasets >= 2.18's stream state, as datasets keeps it: state_dict() is the latest pass's (after
+    its last example), and load_state_dict() sets where every later pass starts, not only the next one."""
+
+    def __init__(self, examples: list[dict]):
+        super().__init__(examples)
+        self._starting_state: dict | None = None
+        self._state = self._initial_state()
+
+    @staticmethod
+    def _initial_state() -> dict:
+        return {"examples_iterable": {"shard_idx": 0, "shard_example_idx": 0, "type": "ExamplesIterable"},
+                "epoch": 0}
+
+    def _first_index(self) -> int:
+        self._state = copy.deepcopy(self._starting_state) if self._starting_state else self._initial_state()
+        return self._state["examples_iterable"]["shard_example_idx"]
+
+    def _advanced_to(self, index: int) -> None:
+        self._state["examples_iterable"]["shard_example_idx"] = index
+
+    def state_dict(self) -> dict:
+        return copy.deepcopy(self._state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self._starting_state = state
+
+
+@pytest.mark.parametrize("valid_percent", [0.0, 20.0])
+@pytest.mark.parametrize("resumable", [True, False])
+def test_hugging_face_resume(monkeypatch, resumable, valid_percent):
+    examples = [{"text": f"e{i} " * (i % 4)} for i in range(30)]  # every fourth one empty
+    stream = (ResumableStreamStandIn if resumable else StreamStandIn)(examples)
+    monkeypatch.setitem(sys.modules, "datasets", fake_datasets({"train": stream}, []))
+    corpus = open_corpus(["hf:org/name"], valid_percent=valid_percent)  # 20: split by document
+    seq_len, num_rows, chunk = 8, 50, 12
+
+    def fresh() -> PackedRows:
+        return PackedRows(corpus, ByteTokenizer(), "train", seq_len, shuffle=True)
+
+    reference_ids = fresh().next_rows(num_rows + chunk)[0]
+    epoch_tokens = sum(len(text.encode()) for text in corpus.documents("train"))
+    assert 2 * epoch_tokens < num_rows * seq_len < 3 * epoch_tokens  # resumes in three epochs
+    crossing = 0
+    for split_at in range(num_rows + 1):
+        first = fresh()
+        if split_at:
+            first.next_rows(split_at)
+        state = json.loads(json.dumps(first.state_dict()))
+        position = state["source"]
+        assert position is None or ("hf" in position) == (resumable and position["unit_doc"] > 0)
+        for saved in (state, {key: value for key, value in state.items() if key != "source"}):
+            stream.passes.clear()
+            second = fresh()
+            second.load_state_dict(saved)
+            assert torch.equal(second.next_rows(chunk)[0], reference_ids[split_at: split_at + chunk])
+            # With stream state, the resumed pass starts at the saved example: those before it are not read
+            # (the position is where that example, the current document, starts). Without, from the start.
+            # Later passes (epochs) start at the start either way.
+            sought = resumable and "source" in saved and position is not None
+            assert stream.passes[0] == (position["unit_doc"] if sought else 0), (split_at, saved)
+            assert stream.passes[1:] == [0] * (len(stream.passes) - 1)
+            crossing += len(stream.passes) > 1
+    assert crossing > 0  # resumes that went on into the next epoch
+
+
 @pytest.mark.parametrize("source", ["hf:", "hf:a:b:c", "hf::config", "hf:name:"])
 def test_unknown_hf_form(source):
     with pytest.raises(DataError, match="expected hf:NAME or hf:NAME:CONFIG") as error:
@@ -204,6 +293,66 @@ def test_documents_start_and_shuffle(tmp_path):
     assert epoch0 == list(corpus.documents("train", epoch=0, seed=0, shuffle=True))
     assert epoch0 != list(corpus.documents("train", epoch=0, seed=1, shuffle=True))
     assert list(corpus.documents("train", epoch=1, shuffle=True, start=3)) == epoch1[3:]
+
+
+def test_documents_from_positions(tmp_path):
+    # Every position a stream gives (before and after each document) starts a stream at that document.
+    texts = {f"{i}.txt": f"text {i}" for i in range(3)}
+    write_texts(tmp_path, texts)
+    for name, count in (("x.jsonl", 4), ("y.jsonl", 1), ("z.jsonl", 6)):
+        lines = [json.dumps({"text": f"{name} {i}"}) + ("\n\n" if i % 3 else "\r\n") for i in range(count)]
+        (tmp_path / name).write_text("".join(lines), newline="")
+    corpus = open_corpus([str(tmp_path)], valid_percent=0.0)
+    for epoch in (0, 1):
+        arguments = dict(epoch=epoch, seed=4, shuffle=True)
+        in_order = list(corpus.documents("train", **arguments))
+        assert corpus.unit_names("train", **arguments) != corpus.unit_names("train")  # shuffled
+        stream = corpus.documents("train", **arguments)
+        assert stream.last_position() is None
+
+        def resumed(index: int, position: dict) -> list[str]:
+            assert json.loads(json.dumps(position)) == position  # JSON-able
+            return list(corpus.documents("train", start=index, position=position, **arguments))
+
+        for index, document in enumerate(in_order):
+            assert resumed(index, stream.next_position()) == in_order[index:]  # may be the last unit's end
+            assert next(stream) == document
+            assert resumed(index, stream.last_position()) == in_order[index:]
+        end = stream.next_position()
+        assert end["unit"] == corpus.num_units("train") - 1 and end["unit_doc"] > 0
+        assert resumed(len(in_order), end) == []
+
+    # A position whose unit is no longer there (the data changed) falls back to reading the documents before.
+    in_order = list(corpus.documents("train"))
+    position = corpus.documents("train").next_position()
+    assert position == {"unit": 0, "name": "0.txt", "unit_doc": 0}
+    for changed in ({"unit": 0, "name": "gone.txt", "unit_doc": 0}, {"unit": 99, "name": "0.txt"}):
+        assert list(corpus.documents("train", start=5, position=changed)) == in_order[5:]
+    assert list(corpus.documents("train", start=5, position={"unit": corpus.num_units("train")})) == []
+    for malformed in ({"unit": -1}, {"unit": 0, "byte": "12"}, {"unit": 0, "hf": [1]}, [0, 1]):
+        with pytest.raises(ValueError, match="position"):
+            corpus.documents("train", start=1, position=malformed)
+
+
+def test_jsonl_seek_errors(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"text": "one"}\n\n{"text": "two"}\n{"text": "three"}\n{"text": oops}\n')
+    corpus = open_corpus([str(path)], valid_percent=0.0)
+    stream = corpus.documents("train")
+    next(stream), next(stream)
+    position = stream.next_position()
+    assert position == {"unit": 0, "name": "data.jsonl", "unit_doc": 2, "byte": 33, "line": 3}
+    resumed = corpus.documents("train", start=2, position=position)
+    assert next(resumed) == "three"
+    with pytest.raises(DataError, match=r"data\.jsonl line 5: not JSON") as error:  # lines counted as before
+        next(resumed)
+    assert_one_line(error)
+
+    path.write_text('{"text": "one, longer now"}\n{"text": "two"}\n')  # changed since the position was saved
+    with pytest.raises(DataError, match=r"data\.jsonl: the saved position \(byte 33\) is not the start of "
+                       "a line: the file has changed since the checkpoint") as error:
+        next(corpus.documents("train", start=2, position=position))
+    assert_one_line(error)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -204,6 +207,151 @@ def test_packed_rows_resume_exactly(tmp_path, shuffle, max_document_tokens):
     if max_document_tokens is not None:
         assert all(state["token_offset"] < max_document_tokens for state in states)
         assert {state["token_offset"] for state in states} >= set(range(1, max_document_tokens))
+
+
+# Several .jsonl files (blank lines, "\r\n" line ends, an unended last line, empty and non-ASCII documents,
+# a document longer than several rows) and text files, for resumes that seek.
+SEEK_FILES = {
+    "a.jsonl": "".join(json.dumps({"text": f"a{i} " * (i + 1)}) + "\r\n" + "\n" * (i % 2) for i in range(5)),
+    "b/c.jsonl": "\n".join(json.dumps({"text": text}) for text in ("ünï ✓ 😀", "", "c2 long " * 9)),
+    "d.jsonl": "\n".join(json.dumps({"text": f"d{i}"}) for i in range(7)) + "\n\n",
+    "e.jsonl": json.dumps({"text": "0123456789" * 11}) + "\n",
+    "f.txt": "text file f " * 3,
+    "g.txt": "",
+    "h.txt": "naïve h",
+}
+
+
+def rows_to_epoch_end(corpus, state: dict, seq_len: int, seed: int, max_document_tokens=None) -> int:
+    """Whole rows left in the state's epoch: rows that read no document of the next epoch."""
+    order = corpus.documents("train", epoch=state["epoch"], seed=seed, shuffle=True)
+    lengths = [len(byte_tokens(text)[:max_document_tokens]) for text in order]
+    return (sum(lengths[state["doc_index"]:]) - state["token_offset"]) // seq_len
+
+
+def garbled_copy(source: Path, target: Path, corpus, state: dict, seed: int) -> Path:
+    """A copy of the files with what a resume from state["source"] must not read garbled, every byte but
+    b"\n" made "#" (neither JSON nor the text): the units before it in the epoch's order, and in its unit the
+    bytes before its "byte" (a text file already read: all of it)."""
+    shutil.copytree(source, target)
+    position = state["source"]
+    order = corpus.unit_names("train", epoch=state["epoch"], seed=seed, shuffle=True)
+    for index, name in enumerate(order[: position["unit"] + 1]):
+        data = (target / name).read_bytes()
+        end = len(data)
+        if index == position["unit"]:
+            end = position.get("byte", 0) if name.endswith(".jsonl") else len(data) * position["unit_doc"]
+        (target / name).write_bytes(re.sub(rb"[^\n]", b"#", data[:end]) + data[end:])
+    return target
+
+
+@pytest.mark.parametrize("max_document_tokens", [None, 5])
+def test_resume_seeks_in_jsonl_and_text_files(tmp_path, max_document_tokens):
+    data = write_texts(tmp_path / "data", SEEK_FILES)
+    corpus = open_corpus([str(data)], valid_percent=0.0)
+    seq_len, seed, num_rows, chunk = 16, 7, 50, 9
+
+    def fresh(corpus) -> PackedRows:
+        return PackedRows(corpus, ByteTokenizer(), "train", seq_len, seed=seed, shuffle=True,
+                          max_document_tokens=max_document_tokens)
+
+    reference_ids, reference_positions = fresh(corpus).next_rows(num_rows + chunk)
+    states, crossing = [], 0
+    for split_at in range(num_rows + 1):
+        first = fresh(corpus)
+        if split_at:
+            first.next_rows(split_at)
+        state = json.loads(json.dumps(first.state_dict()))  # what a checkpoint keeps
+        states.append(state)
+        expected = reference_ids[split_at: split_at + chunk], reference_positions[split_at: split_at + chunk]
+
+        # The same rows from the saved source position, and from an old state without it (read, not sought).
+        for saved in (state, {key: value for key, value in state.items() if key != "source"}):
+            second = fresh(corpus)
+            second.load_state_dict(saved)
+            ids, positions = second.next_rows(chunk)
+            assert torch.equal(ids, expected[0]) and torch.equal(positions, expected[1]), (split_at, saved)
+
+        # What comes before the position is not read: with it garbled, the rows to the epoch's end are the
+        # same (the next epoch would read the garbled files again).
+        left = rows_to_epoch_end(corpus, state, seq_len, seed, max_document_tokens)
+        crossing += left < chunk  # the resumed rows above went on into the next epoch
+        if state["source"] is None or left == 0:
+            continue
+        garbled = garbled_copy(data, tmp_path / f"garbled_{split_at}", corpus, state, seed)
+        resumed = fresh(open_corpus([str(garbled)], valid_percent=0.0))
+        resumed.load_state_dict(state)
+        assert torch.equal(resumed.next_rows(left)[0], reference_ids[split_at: split_at + left]), split_at
+        shutil.rmtree(garbled)
+
+    # The split points cover positions inside a document, past the first line of a .jsonl file, past
+    # the first unit of an epoch, in three epochs, and resumes that go on into the next epoch.
+    sources = [state["source"] for state in states if state["source"] is not None]
+    assert any(state["token_offset"] > 0 for state in states)
+    assert any(source.get("byte", 0) > 0 and source["unit_doc"] > 0 for source in sources)
+    assert any(source["unit"] > 0 for source in sources)
+    assert {state["epoch"] for state in states} >= {0, 1, 2}
+    assert crossing > 0
+
+
+def test_resume_seeks_to_the_parquet_row_group(tmp_path, monkeypatch):
+    pa = pytest.importorskip("pyarrow")
+    parquet = pytest.importorskip("pyarrow.parquet")
+    rows_per_group = 3
+    for file_index, count in enumerate((10, 4, 7)):
+        texts = [f"p{file_index}.{i} " * (i % 4) if i != 2 else None for i in range(count)]  # "" and a null
+        parquet.write_table(pa.table({"text": pa.array(texts, type=pa.string())}),
+                            tmp_path / f"part_{file_index}.parquet", row_group_size=rows_per_group)
+    corpus = open_corpus([str(tmp_path)], valid_percent=0.0)
+    seq_len, seed, num_rows, chunk = 8, 1, 40, 6
+
+    reads = []  # (file name, row group) of each row group read
+
+    class ParquetFileSpy(parquet.ParquetFile):
+        def __init__(self, source, *args, **kwargs):
+            super().__init__(source, *args, **kwargs)
+            self.file_name = Path(source).name
+
+        def read_row_group(self, group, *args, **kwargs):
+            reads.append((self.file_name, group))
+            return super().read_row_group(group, *args, **kwargs)
+
+    monkeypatch.setattr(parquet, "ParquetFile", ParquetFileSpy)
+
+    def fresh() -> PackedRows:
+        return PackedRows(corpus, ByteTokenizer(), "train", seq_len, seed=seed, shuffle=True)
+
+    reference_ids = fresh().next_rows(num_rows + chunk)[0]
+    first_groups = []
+    for split_at in range(num_rows + 1):
+        first = fresh()
+        if split_at:
+            first.next_rows(split_at)
+        state = json.loads(json.dumps(first.state_dict()))
+        second = fresh()
+        second.load_state_dict(state)
+        assert torch.equal(second.next_rows(chunk)[0], reference_ids[split_at: split_at + chunk]), split_at
+
+        # Up to the epoch's end, a resume reads the row group that holds the saved row, and what follows it.
+        left, position = rows_to_epoch_end(corpus, state, seq_len, seed), state["source"]
+        if position is None or left == 0:
+            continue
+        order = corpus.unit_names("train", epoch=state["epoch"], seed=seed, shuffle=True)
+        reads.clear()
+        resumed = fresh()
+        resumed.load_state_dict(state)
+        assert torch.equal(resumed.next_rows(left)[0], reference_ids[split_at: split_at + left]), split_at
+        expected = []  # the row groups from the one holding the saved row on (none if the unit is done)
+        for name in order[position["unit"]:]:
+            num_rows = parquet.read_metadata(tmp_path / name).num_rows
+            first_row = position["unit_doc"] if name == order[position["unit"]] else 0
+            for group, group_start in enumerate(range(0, num_rows, rows_per_group)):
+                if first_row < min(group_start + rows_per_group, num_rows):
+                    expected.append((name, group))
+        assert reads == expected[: len(reads)], (split_at, position)
+        first_groups.append(expected[0][1] if expected[0][0] == order[position["unit"]] else None)
+    assert max(group or 0 for group in first_groups) > 0  # some resumes skip row groups of their file
+    assert None in first_groups  # and some open their file at its end: nothing read in it
 
 
 def test_load_state_dict_rejects_bad_states(packing_corpus):

@@ -9,13 +9,16 @@ PackedRows streams a split's documents from it.
   by a hash of the file's path (or of the document's index), the same on every machine; a lone text file
   gives the tail of its lines.
 * `Corpus.documents` streams a split's documents lazily, in a deterministic (optionally shuffled) order, from
-  any document on, so that a resumed run continues where it stopped.
+  any document on, so that a resumed run continues where it stopped. The stream says where it stands (a
+  position: the unit, the documents read in it, the byte of a .jsonl line, a dataset's own state), and a
+  stream started from a position seeks there rather than reading the documents before it.
 
 Every error meant for the user is a `DataError` with a one-line message.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import os
@@ -44,6 +47,13 @@ def _import_optional(module: str, needed_by: str):
 
 # ---------------------------------------------------------------------------------------------------------
 # Units: a file, or one split of a Hugging Face dataset. Each yields its documents, in order, lazily.
+#
+# unit.read(cursor) reads from a cursor, a small JSON-able dict that says where a document of the unit starts,
+# and keeps it up to date: after each document, it says where the next one starts. {} is the unit's start.
+#   "unit_doc": the unit's documents before that point (every unit)
+#   "byte", "line": .jsonl: the offset of the next line in the file, and the number of lines before it
+#   "hf": a streamed dataset's own state (IterableDataset.state_dict), where datasets has one
+# A missing key is 0 (or, for "hf", the stream's start).
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -65,10 +75,14 @@ class _TextFile:
         except OSError as exc:
             raise DataError(f"{self.path}: cannot read: {_first_line(exc)}") from exc
 
-    def documents(self) -> Iterator[str]:
+    def read(self, cursor: dict) -> Iterator[str]:
+        if cursor.get("unit_doc", 0) >= 1:
+            return  # read already: not opened
         # The bytes are cut only after a b"\n", which is never inside a UTF-8 character: decoding a piece
         # gives the same text as cutting the decoded whole.
-        yield self.read_bytes().decode("utf-8", errors="replace")
+        text = self.read_bytes().decode("utf-8", errors="replace")
+        cursor["unit_doc"] = 1
+        yield text
 
 
 class _JsonLinesFile:
@@ -80,12 +94,26 @@ class _JsonLinesFile:
     def __init__(self, path: Path, name: str, text_field: str):
         self.path, self.name, self.text_field = path, name, text_field
 
-    def documents(self) -> Iterator[str]:
+    # Lines end at b"\n", JSON Lines' separator (a "\r" before it is JSON whitespace), read as bytes: a line's
+    # offset is then known without decoding, and b"\n" is never inside a UTF-8 character, so decoding line by
+    # line gives the text that decoding the whole would.
+
+    def read(self, cursor: dict) -> Iterator[str]:
+        """The documents from cursor's line on: a resumed run seeks to it, the lines before it unread."""
+        doc, byte, line_number = (cursor.get(key, 0) for key in ("unit_doc", "byte", "line"))
         try:
-            with open(self.path, encoding="utf-8", errors="replace") as lines:
-                for line_number, line in enumerate(lines, start=1):
+            with open(self.path, "rb") as file:
+                if byte:
+                    self._seek_line(file, byte)
+                for raw in file:
+                    byte += len(raw)
+                    line_number += 1
+                    line = raw.decode("utf-8", errors="replace")
                     if line.strip():
-                        yield self._text(line, line_number)
+                        text = self._text(line, line_number)
+                        doc += 1
+                        cursor.update(unit_doc=doc, byte=byte, line=line_number)
+                        yield text
         except OSError as exc:
             raise DataError(f"{self.path}: cannot read: {_first_line(exc)}") from exc
 
@@ -93,14 +121,26 @@ class _JsonLinesFile:
         """min(documents in the file, limit), reading no further than the limit-th (non-blank lines)."""
         count = 0
         try:
-            with open(self.path, encoding="utf-8", errors="replace") as lines:
-                for line in lines:
-                    count += bool(line.strip())
+            with open(self.path, "rb") as file:
+                for raw in file:
+                    count += bool(raw.decode("utf-8", errors="replace").strip())
                     if count == limit:
                         break
         except OSError as exc:
             raise DataError(f"{self.path}: cannot read: {_first_line(exc)}") from exc
         return count
+
+    def _seek_line(self, file, byte: int) -> None:
+        """Seek to a saved line start; a file changed since it was saved is an error rather than garbage."""
+        size = os.fstat(file.fileno()).st_size
+        at_line_start = byte == size  # the end (after an unended last line too)
+        if byte < size:
+            file.seek(byte - 1)
+            at_line_start = file.read(1) == b"\n"
+        if not at_line_start:
+            raise DataError(f"{self.path}: the saved position (byte {byte}) is not the start of a line: "
+                            "the file has changed since the checkpoint")
+        file.seek(byte)
 
     def _text(self, line: str, line_number: int) -> str:
         where = f"{self.path} line {line_number}"
@@ -134,14 +174,24 @@ class _ParquetFile:
             raise DataError(f"{path}: column {text_field!r} holds {column_type}, not strings")
         self.num_documents = metadata.num_rows  # from the footer: resuming skips the file unread
 
-    def documents(self) -> Iterator[str]:
+    def read(self, cursor: dict) -> Iterator[str]:
+        """The documents from cursor's row on: the row groups before the one that holds it are not read."""
+        doc = cursor.get("unit_doc", 0)
+        if doc >= self.num_documents:
+            return  # read already: not opened
         parquet = importlib.import_module("pyarrow.parquet")
         try:
             table = parquet.ParquetFile(self.path)
+            group_start = 0  # the file's row index of the group's first row
             for group in range(table.num_row_groups):
-                column = table.read_row_group(group, columns=[self.text_field]).column(0)
-                for text in column.to_pylist():
-                    yield "" if text is None else text  # a null is an empty document (skipped when packed)
+                group_rows = table.metadata.row_group(group).num_rows
+                if doc < group_start + group_rows:
+                    column = table.read_row_group(group, columns=[self.text_field]).column(0)
+                    for text in column.slice(doc - group_start).to_pylist():
+                        doc += 1
+                        cursor["unit_doc"] = doc
+                        yield "" if text is None else text  # a null: an empty document (skipped when packed)
+                group_start += group_rows
         except OSError as exc:
             raise DataError(f"{self.path}: cannot read: {_first_line(exc)}") from exc
 
@@ -158,10 +208,40 @@ class _HubSplit:
     def __init__(self, source: str, split: str, dataset, text_field: str):
         self.name = f"{source}[{split}]"
         self.dataset, self.text_field = dataset, text_field
+        self._start_state = _stream_start_state(dataset)  # None: resuming skips examples by reading them
 
-    def documents(self) -> Iterator[str]:
-        for index, example in enumerate(self.dataset):  # a new pass over the stream each time
-            yield _text_of(example, self.text_field, f"{self.name} example {index}")
+    def read(self, cursor: dict) -> Iterator[str]:
+        """The documents from the cursor on: with datasets' stream state the pass starts there (datasets goes
+        to the shard and skips inside it as it can); without it, the examples before it are read."""
+        doc = cursor.get("unit_doc", 0)
+        resumable = self._start_state is not None
+        to_skip = 0 if resumable and "hf" in cursor else doc
+        if resumable:
+            # load_state_dict says where every later pass starts, not only the next one: each pass sets its
+            # own (a copy: datasets may keep parts of it and update them as it iterates).
+            self.dataset.load_state_dict(copy.deepcopy(cursor.get("hf", self._start_state)))
+        for example in self.dataset:  # a new pass, which starts from the state loaded just above
+            if to_skip:
+                to_skip -= 1
+                continue
+            text = _text_of(example, self.text_field, f"{self.name} example {doc}")
+            doc += 1
+            cursor["unit_doc"] = doc
+            if resumable:
+                cursor["hf"] = self.dataset.state_dict()  # a copy, after this example
+            yield text
+
+
+def _stream_start_state(dataset) -> dict | None:
+    """The state of a datasets.IterableDataset at its start (datasets >= 2.18) if JSON-able; else None."""
+    if not all(callable(getattr(dataset, method, None)) for method in ("state_dict", "load_state_dict")):
+        return None
+    try:
+        state = dataset.state_dict()
+        json.dumps(state)  # it goes into checkpoints' data_state.json
+    except Exception:  # RuntimeError (no state yet), TypeError (not JSON-able), ...: resume by reading
+        return None
+    return state
 
 
 def _text_of(record: dict, text_field: str, where: str) -> str:
@@ -258,9 +338,14 @@ class _Part:
     unit: object
     keep: Callable[[int], bool] | None = None
 
-    def documents(self) -> Iterator[str]:
-        for index, text in enumerate(self.unit.documents()):
-            if self.keep is None or self.keep(index):
+    @property
+    def num_documents(self) -> int | None:
+        """The part's documents if known without reading the unit; else None."""
+        return self.unit.num_documents if self.keep is None else None
+
+    def read(self, cursor: dict) -> Iterator[str]:
+        for text in self.unit.read(cursor):
+            if self.keep is None or self.keep(cursor["unit_doc"] - 1):  # the unit's index of this document
                 yield text
 
 
@@ -437,51 +522,137 @@ class Corpus:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         return self._parts[split]
 
+    def _ordered(self, split: str, epoch: int, seed: int, shuffle: bool) -> list[_Part]:
+        parts = list(self._split(split))
+        if shuffle:
+            # A string seed is hashed with SHA-512 by random.Random: the same order on every machine.
+            random.Random(f"deltanet-data/{seed}/{epoch}").shuffle(parts)
+        return parts
+
     def num_units(self, split: str) -> int:
         """Units (files / dataset splits) of "train" or "valid"; a unit split by document or by line counts
         in both; 0 for "valid" when nothing is held out."""
         return len(self._split(split))
 
-    def unit_names(self, split: str) -> list[str]:
-        """The units' names in their unshuffled order: relative posix paths, or "hf:NAME[split]"."""
-        return [part.unit.name for part in self._split(split)]
+    def unit_names(self, split: str, epoch: int = 0, seed: int = 0, shuffle: bool = False) -> list[str]:
+        """The units' names (relative posix paths, or "hf:NAME[split]") in the order `documents` reads them
+        with the same arguments: sorted without shuffle."""
+        return [part.unit.name for part in self._ordered(split, epoch, seed, shuffle)]
 
     def documents(
-        self, split: str, epoch: int = 0, seed: int = 0, shuffle: bool = False, start: int = 0
-    ) -> Iterator[str]:
+        self, split: str, epoch: int = 0, seed: int = 0, shuffle: bool = False, start: int = 0,
+        position: dict | None = None,
+    ) -> DocumentStream:
         """The split's documents in a deterministic order, lazily (files are opened when reached).
 
         Args:
             split: "train" or "valid".
             epoch, seed: with shuffle, the order of the units is a permutation drawn from both (documents
                 inside a unit keep their order); without shuffle, units come in sorted order.
-            start: skip the first `start` documents of that order (to resume); units whose document count
-                is known without reading (text files, parquet files) are skipped unopened.
+            start: begin at the start-th document of that order (to resume).
+            position: where that document lies, from `last_position()` or `next_position()` of a stream
+                with the same arguments. The stream seeks there: the units before it are not opened, and
+                in its unit a .jsonl file is read from the document's line on, a parquet file from its row
+                group on, a dataset from its saved stream state (datasets >= 2.18; else from its start).
+                None, or a position that no longer names these units (the data changed): the first
+                `start` documents are skipped by reading them, except units whose document count is known
+                without reading (text files, parquet files), which are skipped unopened.
 
         Raises:
             DataError: when the split turns out to hold no document at all, or on a bad record.
+            ValueError: a malformed position.
         """
-        parts = list(self._split(split))
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
-        if shuffle:
-            # A string seed is hashed with SHA-512 by random.Random: the same order on every machine.
-            random.Random(f"deltanet-data/{seed}/{epoch}").shuffle(parts)
-        return self._stream(split, parts, start)
+        empty = f"{self.description}: the {split} split has no documents"
+        return DocumentStream(self._ordered(split, epoch, seed, shuffle), empty, start, position)
 
-    def _stream(self, split: str, parts: list[_Part], start: int) -> Iterator[str]:
-        to_skip, seen = start, 0
-        for part in parts:
-            known = part.unit.num_documents if part.keep is None else None
-            if known is not None and known <= to_skip:
-                to_skip -= known
-                seen += known
-                continue
-            for text in part.documents():
-                seen += 1
-                if to_skip:
-                    to_skip -= 1
+
+POSITION_INTS = ("unit", "unit_doc", "byte", "line")
+
+
+class DocumentStream:
+    """One epoch of a split's documents, an iterator of str, that can say where it stands. From
+    Corpus.documents.
+
+    A position is a small JSON-able dict: {"unit": the unit's index in the epoch's order, "name": its name
+    (to notice data that changed), and its cursor: "unit_doc": documents of the unit before it, and what the
+    unit needs to seek there: "byte" and "line" for .jsonl files, "hf" for a dataset with stream state}.
+    """
+
+    def __init__(self, parts: list[_Part], empty_message: str, start: int, position: dict | None):
+        self._parts, self._empty_message = parts, empty_message
+        self._unit, self._cursor = 0, {"unit_doc": 0}  # where the next document starts
+        self._to_skip, self._seen = start, 0
+        if position is not None and self._fits(position):
+            self._unit = position["unit"]
+            self._cursor = {key: value for key, value in position.items() if key not in ("unit", "name")}
+            self._to_skip, self._seen = 0, start  # the documents before it exist: the split is not empty
+        self._reading: Iterator[str] | None = None  # the current unit's documents from the cursor on
+        self._last: dict | None = None  # the position of the document returned last
+
+    def _fits(self, position: dict) -> bool:
+        """Whether a position names a unit of this order (the end included); raises if it is malformed."""
+        if not isinstance(position, dict):
+            raise ValueError(f"position must be a dict or None, got {position!r}")
+        for key in POSITION_INTS:
+            value = position.get(key, 0)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"position[{key!r}] must be an int >= 0, got {value!r}")
+        if "hf" in position and not isinstance(position["hf"], dict):
+            raise ValueError(f"position['hf'] must be a dict, got {position['hf']!r}")
+        unit = position.get("unit", 0)
+        if unit >= len(self._parts):
+            return unit == len(self._parts) and "name" not in position
+        return position.get("name") == self._parts[unit].unit.name
+
+    def __iter__(self) -> DocumentStream:
+        return self
+
+    def __next__(self) -> str:
+        while self._unit < len(self._parts):
+            part = self._parts[self._unit]
+            if self._reading is None:
+                known = part.num_documents
+                if self._to_skip and known is not None and known <= self._to_skip:  # skipped unopened
+                    self._to_skip -= known
+                    self._seen += known
+                    self._next_unit()
                     continue
-                yield text
-        if seen == 0:
-            raise DataError(f"{self.description}: the {split} split has no documents")
+                self._reading = part.read(self._cursor)
+            before = self.next_position()
+            text = next(self._reading, None)
+            if text is None:
+                self._next_unit()
+                continue
+            self._seen += 1
+            if self._to_skip:
+                self._to_skip -= 1
+                continue
+            self._last = before
+            return text
+        if self._seen == 0:
+            raise DataError(self._empty_message)
+        raise StopIteration
+
+    def _next_unit(self) -> None:
+        self.close()
+        self._unit += 1
+        self._cursor = {"unit_doc": 0}
+
+    def next_position(self) -> dict:
+        """Where the next document starts: resuming there gives it first. After a unit's last document, the
+        unit's end (a resumed stream opens the unit there, finds nothing more and moves on)."""
+        if self._unit == len(self._parts):
+            return {"unit": self._unit}
+        return {"unit": self._unit, "name": self._parts[self._unit].unit.name, **self._cursor}
+
+    def last_position(self) -> dict | None:
+        """Where the document returned last starts (None before the first): resuming there gives it again."""
+        return self._last
+
+    def close(self) -> None:
+        """Close the current unit's file now rather than when garbage-collected."""
+        if self._reading is not None:
+            self._reading.close()
+        self._reading = None

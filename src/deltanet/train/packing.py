@@ -3,14 +3,15 @@
 Where it sits: on top of corpus (the documents) and a tokenizer (anything with `encode`; `encode_tensor` when
 it has one); the trainer reads `PackedRows.next_rows` and checkpoints `PackedRows.state_dict`.
 
-Position ids restart at 0 at each document start, and the rows resume exactly where a checkpoint left them.
+Position ids restart at 0 at each document start, and the rows resume exactly where a checkpoint left them,
+seeking in the sources to the saved document rather than reading the documents before it.
 """
 
 from __future__ import annotations
 
 import torch
 
-from deltanet.train.corpus import Corpus
+from deltanet.train.corpus import Corpus, DocumentStream
 from deltanet.train.errors import DataError
 
 
@@ -52,26 +53,36 @@ class PackedRows:
         self.load_state_dict({"epoch": 0, "doc_index": 0, "token_offset": 0, "tokens_read": 0})
 
     def state_dict(self) -> dict:
-        """Where the next row starts, as plain ints (JSON-able).
+        """Where the next row starts (JSON-able).
 
         {"epoch", "doc_index": the document's index in the epoch's order, "token_offset": the token inside
-        it (of the cut document, with max_document_tokens), "tokens_read": tokens returned so far}. A state
-        resumes exactly in a PackedRows built with the same arguments (max_document_tokens included).
+        it (of the cut document, with max_document_tokens), "tokens_read": tokens returned so far, "source":
+        where that document lies in the sources (a Corpus stream position, see DocumentStream), for a resume
+        that seeks there; None at an epoch's start}. A state resumes exactly in a PackedRows built with the
+        same arguments (max_document_tokens included).
         """
         return {
             "epoch": self._epoch,
             "doc_index": self._doc_index,
             "token_offset": self._token_offset,
             "tokens_read": self._tokens_read,
+            "source": self._source_position(),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue exactly where `state` (from state_dict) says: the next next_rows() starts there."""
+        """Continue exactly where `state` (from state_dict) says: the next next_rows() starts there.
+
+        A state without "source" (from before it was kept) resumes too, by reading the documents before it.
+        """
         for key in ("epoch", "doc_index", "token_offset", "tokens_read"):
             if not isinstance(state.get(key), int) or state[key] < 0:
                 raise ValueError(f"state[{key!r}] must be an int >= 0, got {state.get(key)!r}")
+        source = state.get("source")
+        if source is not None and not isinstance(source, dict):
+            raise ValueError(f"state['source'] must be a dict or None, got {source!r}")
         self._epoch, self._doc_index = state["epoch"], state["doc_index"]
         self._token_offset, self._tokens_read = state["token_offset"], state["tokens_read"]
+        self._source = source  # where document doc_index lies, until the stream is opened there
         self._close_documents()
         self._tokens: torch.Tensor | None = None  # the current document's tokens, [L]
         # An epoch that yields no token at all would loop forever: noticed only for epochs seen whole.
@@ -110,9 +121,9 @@ class PackedRows:
         empty documents and on to the next epoch as needed."""
         while self._tokens is None:
             if self._documents is None:
-                self._documents = self.corpus.documents(
-                    self.split, epoch=self._epoch, seed=self.seed, shuffle=self.shuffle, start=self._doc_index
-                )
+                self._documents = self.corpus.documents(self.split, epoch=self._epoch, seed=self.seed,
+                                                        shuffle=self.shuffle, start=self._doc_index,
+                                                        position=self._source)
             text = next(self._documents, None)
             if text is None:
                 self._next_epoch()
@@ -132,7 +143,16 @@ class PackedRows:
         self._close_documents()
         self._epoch += 1
         self._doc_index = self._token_offset = 0
+        self._source = None
         self._epoch_seen_whole, self._epoch_had_tokens = True, False
+
+    def _source_position(self) -> dict | None:
+        """Where document doc_index lies in the sources."""
+        if self._documents is None:
+            return self._source  # nothing read since load_state_dict or the epoch's start
+        if self._tokens is not None:
+            return self._documents.last_position()  # the current document, partly returned
+        return self._documents.next_position()  # the current document is done with: the next one
 
     def _encode(self, text: str) -> torch.Tensor:
         """Token ids [L] (uint8 from ByteTokenizer, int64 otherwise)."""
@@ -145,4 +165,4 @@ class PackedRows:
         documents = getattr(self, "_documents", None)
         if documents is not None:
             documents.close()
-        self._documents = None
+        self._documents: DocumentStream | None = None
