@@ -64,8 +64,8 @@ class TrainConfig:
     device: str = _opt("auto", "'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'")
     precision: str = _opt("auto", "'auto' (bf16 autocast on the GPU, float32 on the CPU), 'bf16' or 'fp32'")
     compile: bool = _opt(False, "torch.compile the model")
-    compile_mode: str = _opt("default", "torch.compile mode: default, reduce-overhead (CUDA graphs), "
-                             "max-autotune-no-cudagraphs")
+    compile_mode: str = _opt("default", "torch.compile mode: default or max-autotune-no-cudagraphs (not "
+                             "reduce-overhead: CUDA graphs would replay the first batch's document layout)")
     activation_checkpointing: bool = _opt(False, "recompute each block's activations in the backward pass "
                                           "(less memory, ~30% more compute)")
     # output
@@ -96,8 +96,11 @@ class TrainConfig:
             (0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]"),
             (self.grad_clip >= 0, "grad_clip must be >= 0"),
             (self.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32"),
-            (self.compile_mode in ("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
-             "compile_mode must be default, reduce-overhead or max-autotune-no-cudagraphs"),
+            # The ops lay out packed documents on the host at each call; a CUDA graph would replay the
+            # layout of the batch it captured.
+            (self.compile_mode in ("default", "max-autotune-no-cudagraphs"),
+             "compile_mode must be default or max-autotune-no-cudagraphs (reduce-overhead's CUDA graphs "
+             "cannot follow the document layout of packed batches)"),
             (self.checkpoint_interval >= 1, "checkpoint_interval must be at least 1"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1"),
             (self.log_interval >= 1, "log_interval must be at least 1"),
