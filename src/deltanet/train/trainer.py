@@ -343,21 +343,26 @@ class Trainer:
                     self._step(step)
                     if self.bar is not None:
                         self.bar.update(1)
-                    if self.world > 1:  # every process stops at the same step
-                        stop_flag.fill_(float(stop.requested))
-                        stop.requested = bool(self.procs.sum(stop_flag).item())
                     last = step == config.steps
+                    stop_now = stop.requested
+                    if self.world > 1:
+                        # every process stops at the same step: agreed at log steps only, since reading the
+                        # flag back waits for the GPU
+                        stop_now = False
+                        if step % config.log_interval == 0:
+                            stop_flag.fill_(float(stop.requested))
+                            stop_now = bool(self.procs.sum(stop_flag).item())
                     if step % config.log_interval == 0 or last:
                         self._log(step, clock)
                     if (config.eval_interval and step % config.eval_interval == 0) or last:
                         self._time_training(clock)
                         self._evaluate(step)
                         clock.start()
-                    if step % config.checkpoint_interval == 0 or last or stop.requested:
+                    if step % config.checkpoint_interval == 0 or last or stop_now:
                         self._time_training(clock)
                         self._checkpoint(step)
                         clock.start()
-                    if stop.requested and not last:
+                    if stop_now and not last:
                         stopped = True
                         break
         finally:
