@@ -79,7 +79,8 @@ class TrainConfig:
     eval_rows: int = _opt(32, "held-out rows per validation")
     tensorboard: bool = _opt(True, "also write TensorBoard event files (out_dir/tensorboard)")
     sample_tokens: int = _opt(200, "tokens of a generated sample printed at the end (0: none)")
-    sample_prompt: str = _opt("def ", "prompt of that sample")
+    sample_prompt: str = _opt("", "prompt of that sample; empty: the first 32 tokens of a held-out document "
+                              "('def ' without held-out data)")
     progress: bool = _opt(True, "show a progress bar (loss, tokens/s, time left)")
 
     def __post_init__(self) -> None:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from deltanet.train.errors import DataError, _first_line
+from deltanet.train.errors import DataError, first_line
 
 SPLITS = ("train", "valid")
 PIP_HINT = 'pip install "deltanet[data]"'
@@ -73,7 +73,7 @@ class _TextFile:
                 file.seek(self.start)
                 return file.read() if self.end is None else file.read(self.end - self.start)
         except OSError as exc:
-            raise DataError(f"{self.path}: cannot read: {_first_line(exc)}") from exc
+            raise DataError(f"{self.path}: cannot read: {first_line(exc)}") from exc
 
     def read(self, cursor: dict) -> Iterator[str]:
         if cursor.get("unit_doc", 0) >= 1:
@@ -115,7 +115,7 @@ class _JsonLinesFile:
                         cursor.update(unit_doc=doc, byte=byte, line=line_number)
                         yield text
         except OSError as exc:
-            raise DataError(f"{self.path}: cannot read: {_first_line(exc)}") from exc
+            raise DataError(f"{self.path}: cannot read: {first_line(exc)}") from exc
 
     def count_documents(self, limit: int) -> int:
         """min(documents in the file, limit), reading no further than the limit-th (non-blank lines)."""
@@ -127,7 +127,7 @@ class _JsonLinesFile:
                     if count == limit:
                         break
         except OSError as exc:
-            raise DataError(f"{self.path}: cannot read: {_first_line(exc)}") from exc
+            raise DataError(f"{self.path}: cannot read: {first_line(exc)}") from exc
         return count
 
     def _seek_line(self, file, byte: int) -> None:
@@ -165,7 +165,7 @@ class _ParquetFile:
         try:
             metadata = parquet.read_metadata(path)
         except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...
-            raise DataError(f"{path}: not a readable parquet file: {_first_line(exc)}") from exc
+            raise DataError(f"{path}: not a readable parquet file: {first_line(exc)}") from exc
         schema = metadata.schema.to_arrow_schema()
         if text_field not in schema.names:
             raise DataError(f"{path}: no column {text_field!r} (columns: {', '.join(schema.names)})")
@@ -193,7 +193,7 @@ class _ParquetFile:
                         yield "" if text is None else text  # a null: an empty document (skipped when packed)
                 group_start += group_rows
         except OSError as exc:
-            raise DataError(f"{self.path}: cannot read: {_first_line(exc)}") from exc
+            raise DataError(f"{self.path}: cannot read: {first_line(exc)}") from exc
 
     def count_documents(self, limit: int) -> int:
         return min(self.num_documents, limit)
@@ -267,7 +267,7 @@ def _is_binary(path: Path) -> bool:
         with open(path, "rb") as file:
             return b"\0" in file.read(BINARY_PROBE_BYTES)
     except OSError as exc:
-        raise DataError(f"{path}: cannot read: {_first_line(exc)}") from exc
+        raise DataError(f"{path}: cannot read: {first_line(exc)}") from exc
 
 
 def _walk_files(root: Path, skip_dir: Callable[[str], bool], keep_file: Callable[[str], bool]):
@@ -439,7 +439,7 @@ def _hub_parts(source: str, text_field: str, valid_percent: float) -> tuple[list
     try:
         splits = datasets.load_dataset(name, config, streaming=True)
     except Exception as exc:  # missing dataset, bad config, no network...: datasets has many error types
-        raise DataError(f"{source}: cannot load the dataset: {_first_line(exc)}") from exc
+        raise DataError(f"{source}: cannot load the dataset: {first_line(exc)}") from exc
     if "train" not in splits:
         raise DataError(f"{source}: no 'train' split (splits: {', '.join(splits)})")
     train = _HubSplit(source, "train", splits["train"], text_field)

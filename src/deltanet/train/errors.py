@@ -23,7 +23,7 @@ class DataError(TrainError):
     """Bad data input (a source, a record, a tokenizer): its message is one line, shown as is."""
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     """The exception's type and the first line of its message: a TrainError that quotes it stays one line."""
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

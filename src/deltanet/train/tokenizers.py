@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from deltanet.train.errors import DataError, _first_line
+from deltanet.train.errors import DataError, first_line
 
 
 class ByteTokenizer:
@@ -58,7 +58,7 @@ class HuggingFaceTokenizer:
         try:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         except Exception as exc:  # OSError, ValueError, hub errors...: all mean "cannot be loaded"
-            raise DataError(f"cannot load the tokenizer {name_or_path!r}: {_first_line(exc)}") from exc
+            raise DataError(f"cannot load the tokenizer {name_or_path!r}: {first_line(exc)}") from exc
         # Whole documents are encoded, longer than any model_max_length: without this, transformers warns
         # about each long one although nothing is truncated and rows are cut here.
         tokenizer.model_max_length = sys.maxsize

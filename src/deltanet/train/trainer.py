@@ -473,6 +473,15 @@ class Trainer:
                                                    self.config.keep_checkpoints)
         self.procs.barrier()
 
+    def _held_out_prompt(self) -> str:
+        """The start of the first held-out document: a prompt in the style of the data, whatever it is."""
+        if self.valid is None:
+            return "def "
+        ids, positions, _ = self.valid
+        length = min(32, ids.shape[1])
+        end = next((t for t in range(1, length) if positions[0, t] == 0), length)  # one document only
+        return self.tokenizer.decode(ids[0, :end].tolist())
+
     def _summary(self, params: int) -> dict[str, Any]:
         config = self.config
         tokens_per_s = self.tokens_seen / max(self.seconds_trained, 1e-9)
@@ -493,10 +502,10 @@ class Trainer:
                      f"{self.last_valid['bits_per_byte']:.4f} bits per byte")
         self.say(f"model: {self.last_checkpoint} (DeltaNetForCausalLM.from_pretrained loads it)")
         if config.sample_tokens and self.procs.is_main:
-            summary["sample"] = generate_sample(self.model, self.tokenizer, config.sample_prompt,
-                                                config.sample_tokens, config.seed, self.device, self.autocast)
-            self.say(f"sample ({config.sample_tokens} tokens after {config.sample_prompt!r}):\n"
-                     f"{config.sample_prompt}{summary['sample']}")
+            prompt = config.sample_prompt or self._held_out_prompt()
+            summary["sample"] = generate_sample(self.model, self.tokenizer, prompt, config.sample_tokens,
+                                                config.seed, self.device, self.autocast)
+            self.say(f"sample ({config.sample_tokens} tokens after {prompt!r}):\n{prompt}{summary['sample']}")
         return summary
 
 
