@@ -182,19 +182,29 @@ def test_checkpoints_are_atomic(tmp_path, monkeypatch):
     assert not any(p.name.startswith(".tmp-") for p in root.iterdir())
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+def poison_forward(monkeypatch, from_call: int, poison) -> None:
+    """Make DeltaNetForCausalLM's forward pass its output through poison(output) from its from_call-th call
+    on (one training forward per step in these runs: call n is step n)."""
     forward = DeltaNetForCausalLM.forward
     calls = []
 
     def poisoned_forward(self, *args, **kwargs):
         output = forward(self, *args, **kwargs)
         calls.append(1)
-        if output.loss is not None and len(calls) >= 6:  # the 6th training forward: step 6
-            output.loss = output.loss * float("nan")
+        if len(calls) >= from_call:
+            poison(output, len(calls))
         return output
 
     monkeypatch.setattr(DeltaNetForCausalLM, "forward", poisoned_forward)
-    code, err = run_cli(cli_args(tmp_path), capture=True)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    def nan_loss(output, call):
+        if output.loss is not None:  # (evaluation forwards have no loss)
+            output.loss = output.loss * float("nan")
+
+    poison_forward(monkeypatch, 6, nan_loss)
+    code, err = run_cli(cli_args(tmp_path))
     assert code == 2
     assert "loss is nan at step 6" in err and "step-0000004" in err
     assert [step for step, _ in list_checkpoints(tmp_path)] == [4]
@@ -202,23 +212,17 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
 
 def test_infinite_gradient_stops_naming_the_step(tmp_path, monkeypatch):
     """A finite loss with an infinite gradient (clipping would turn the weights into NaN): stopped too."""
-    original = DeltaNetForCausalLM.forward
-    calls = []
-
-    def forward_with_a_bad_gradient(self, *args, **kwargs):
-        output = original(self, *args, **kwargs)
-        calls.append(1)
-        if len(calls) == 5:
+    def infinite_gradient(output, call):
+        if call == 5:
             output.loss.register_hook(lambda grad: grad * float("inf"))
-        return output
 
-    monkeypatch.setattr(DeltaNetForCausalLM, "forward", forward_with_a_bad_gradient)
+    poison_forward(monkeypatch, 5, infinite_gradient)
     code, err = run_cli(cli_args(tmp_path))
     assert_one_line_error(code, err, "gradient norm is", "at step 5", "step-0000004")
     assert [step for step, _ in list_checkpoints(tmp_path)] == [4]
 
 
-def run_cli(args: list[str], capture: bool = False) -> tuple[int, str]:
+def run_cli(args: list[str]) -> tuple[int, str]:
     import contextlib
     import io
 

@@ -42,7 +42,13 @@ from deltanet.train.checkpoint import (
 from deltanet.train.config import RESUMABLE_CHANGES, TrainConfig
 from deltanet.train.corpus import open_corpus
 from deltanet.train.errors import ConfigError, TrainError
-from deltanet.train.evaluation import bits_per_byte, generate_sample, held_out_nll, target_bytes
+from deltanet.train.evaluation import (
+    bits_per_byte,
+    counted_targets_mask,
+    generate_sample,
+    held_out_nll,
+    target_bytes,
+)
 from deltanet.train.metrics import MetricsLog
 from deltanet.train.packing import PackedRows
 from deltanet.train.processes import Processes, start_processes
@@ -130,7 +136,7 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def counted_targets(position_ids: torch.Tensor) -> int:
     """How many next-token targets of packed rows count (evaluation.counted_targets_mask)."""
-    return int((position_ids[:, 1:] != 0).sum())
+    return int(counted_targets_mask(position_ids).sum())
 
 
 def peak_flops(device: torch.device) -> float | None:
