@@ -325,7 +325,9 @@ def test_bad_config_values_raise_errors_naming_the_field(field, value):
 
 
 def test_presets_follow_the_paper_and_reject_unknown_names():
-    assert len(PRESET_NAMES) == 20 and {"deltanet-global-1.3b", "deltanet-mini"} <= set(PRESET_NAMES)
+    assert len(PRESET_NAMES) == 25 and {"deltanet-global-1.3b", "deltanet-mini", "linear-attn-small"} <= set(
+        PRESET_NAMES)
+    assert preset_config("deltanet-swa-small").attn_window == 512
     assert preset_config("deltanet-global-340m").attn_layers == [1, 12]
     assert preset_config("deltanet-global-debug", num_hidden_layers=8).attn_layers == [1, 4]
     swa = preset_config("deltanet-swa-1.3b")
@@ -334,7 +336,7 @@ def test_presets_follow_the_paper_and_reject_unknown_names():
     big = preset_config("deltanet-1.3b")
     assert (big.hidden_size, big.num_heads, big.head_dim, big.num_hidden_layers) == (2048, 16, 128, 24)
     with torch.device("meta"):  # sizes without allocating: 340M and 1.3B count one embedding matrix
-        for name, expected in (("deltanet-340m", 341.6e6), ("deltanet-1.3b", 1300.1e6)):
+        for name, expected in (("deltanet-340m", 341.6e6), ("deltanet-1.3b", 1300.1e6), ("deltanet-small", 27.5e6)):
             model = DeltaNetForCausalLM(preset_config(name, tie_word_embeddings=True))
             assert abs(sum(p.numel() for p in model.parameters()) - expected) < 0.1e6
     with pytest.raises(ValueError, match="deltanet-swa-340m"):  # the error lists the valid names

@@ -9,12 +9,14 @@ A preset name is "<architecture>-<size>", for example "deltanet-340m" or "deltan
                    linear-attn       every layer plain linear attention (the baseline)
     sizes          340m              24 layers, hidden 1024, 8 heads of 128
                    1.3b              24 layers, hidden 2048, 16 heads of 128
+                   small             8 layers, hidden 512, 4 heads of 128, vocab 256: ~27M parameters, the
+                                     size of the language-modelling comparison (deltanet.eval.compare)
                    mini              4 layers, hidden 128, 4 heads of 32, vocab 256: trains on a laptop's
                                      CPU in minutes (the default of `deltanet train`)
                    debug             4 layers, hidden 64, 2 heads of 32, vocab 256: for fast loops and tests
 
 The attention layers follow num_hidden_layers when it is overridden. The sliding window is 2048
-tokens at the paper sizes and 16 at the debug size; override it with attn_window.
+tokens at the paper sizes, 512 at the small size, 64 at mini and 16 at debug; override it with attn_window.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from deltanet.models.configuration import DeltaNetConfig
 SIZES: dict[str, dict[str, Any]] = {
     "340m": dict(vocab_size=32000, hidden_size=1024, num_hidden_layers=24, num_heads=8, head_dim=128),
     "1.3b": dict(vocab_size=32000, hidden_size=2048, num_hidden_layers=24, num_heads=16, head_dim=128),
+    "small": dict(vocab_size=256, hidden_size=512, num_hidden_layers=8, num_heads=4, head_dim=128),
     "mini": dict(
         vocab_size=256, hidden_size=128, num_hidden_layers=4, num_heads=4, head_dim=32, intermediate_size=352
     ),
@@ -35,7 +38,7 @@ SIZES: dict[str, dict[str, Any]] = {
         vocab_size=256, hidden_size=64, num_hidden_layers=4, num_heads=2, head_dim=32, intermediate_size=128
     ),
 }
-SLIDING_WINDOWS = {"340m": 2048, "1.3b": 2048, "mini": 64, "debug": 16}
+SLIDING_WINDOWS = {"340m": 2048, "1.3b": 2048, "small": 512, "mini": 64, "debug": 16}
 
 # architecture -> (num_hidden_layers, size name) -> its fields
 ARCHITECTURES: dict[str, Callable[[int, str], dict[str, Any]]] = {

@@ -99,16 +99,16 @@ def load_model_weights(model: DeltaNetForCausalLM, folder: Path) -> None:
         model.tie_weights()
 
 
-def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on the matrices and conv filters only (not norms, biases, embeddings)."""
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
+                   device: torch.device) -> torch.optim.AdamW:
+    """AdamW (fused on CUDA); weight decay on the matrices and conv filters only (not norms, biases,
+    embeddings)."""
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
             (decay if parameter.dim() >= 2 and "embed" not in name else no_decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.adam_betas),
-                             fused=device.type == "cuda")
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=device.type == "cuda")
 
 
 def flatten_rows(input_ids: torch.Tensor, position_ids: torch.Tensor, fixed_count: bool = False):
@@ -212,7 +212,8 @@ class Trainer:
         self.model = DeltaNetForCausalLM(self.model_config)
         self.model.to(self.device).train()
         self.model.model.gradient_checkpointing = config.activation_checkpointing
-        self.optimizer = make_optimizer(self.model, config, self.device)
+        self.optimizer = make_optimizer(self.model, config.lr, config.weight_decay, config.adam_betas,
+                                        self.device)
         warmup = config.resolved_warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda index: warmup_cosine(index + 1, config.steps, warmup, config.min_lr_ratio))
