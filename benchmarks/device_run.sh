@@ -10,6 +10,7 @@
 #   autotuning (about 280 s for the 340M model, 100 s per kernel shape) and our builds run once per project,
 #   not once per call; afterwards writes them back under $OUT in parts below the device tool's 16 MiB limit.
 #   Copy those parts into .cache/ (git-ignored) and carry ".cache" (and ".whl") in the next call.
+#   SAVE_CACHES=0 skips that (the device tool returns at most 8 files: keep them for results).
 # - Runs COMMAND with a timeout of SECONDS, its output teed into $OUT/log.txt.
 set -u
 seconds=$1
@@ -33,7 +34,7 @@ set -o pipefail
 timeout "$seconds" bash -c "$*" 2>&1 | tee "$OUT/log.txt"
 status=$?
 for name in triton inductor; do
-    if [ -d /tmp/tc/$name ]; then
+    if [ -d /tmp/tc/$name ] && [ "${SAVE_CACHES:-1}" = 1 ]; then
         (cd /tmp && tar czf - tc/$name | split -b 15M - "$OUT/tc_${name}.tgz.part")
     fi
 done

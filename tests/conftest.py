@@ -15,6 +15,17 @@ if not torch.cuda.is_available():
 from deltanet.ops import l2_normalize
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One CPU thread for a module of tiny models (`pytestmark = pytest.mark.usefixtures("one_thread")`): as
+    fast for them, the same result whatever the machine's core count, and not slowed 10-100x on a busy shared
+    machine (two threads that wait for each other under oversubscription)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_inputs(
     B: int,
     T: int,

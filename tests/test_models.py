@@ -336,7 +336,8 @@ def test_presets_follow_the_paper_and_reject_unknown_names():
     big = preset_config("deltanet-1.3b")
     assert (big.hidden_size, big.num_heads, big.head_dim, big.num_hidden_layers) == (2048, 16, 128, 24)
     with torch.device("meta"):  # sizes without allocating: 340M and 1.3B count one embedding matrix
-        for name, expected in (("deltanet-340m", 341.6e6), ("deltanet-1.3b", 1300.1e6), ("deltanet-small", 27.5e6)):
+        sizes = (("deltanet-340m", 341.6e6), ("deltanet-1.3b", 1300.1e6), ("deltanet-small", 27.5e6))
+        for name, expected in sizes:
             model = DeltaNetForCausalLM(preset_config(name, tie_word_embeddings=True))
             assert abs(sum(p.numel() for p in model.parameters()) - expected) < 0.1e6
     with pytest.raises(ValueError, match="deltanet-swa-340m"):  # the error lists the valid names

@@ -1,8 +1,18 @@
 """The `deltanet` command line. Subcommands:
 
-  check   verify the chunked op against the float64 recurrence and print a CPU speed table
-  train   train a model (deltanet.train): with no options, a small byte-level DeltaNet on the Python standard
-          library's source, on the CPU in a few minutes
+  check          verify the chunked op against the float64 recurrence and print a CPU speed table
+  train          train a model (deltanet.train): with no options, a small byte-level DeltaNet on the Python
+                 standard library's source, on the CPU in a few minutes
+  generate       text from a checkpoint, streamed as it comes (deltanet.eval.generate)
+  eval ppl       perplexity and bits per byte on held-out text (deltanet.eval.perplexity)
+  eval mqar      multi-query associative recall: train and test small models (deltanet.eval.mqar)
+  eval harness   zero-shot tasks through lm-eval (deltanet.eval.harness)
+  eval compare   language models of several architectures at equal size and tokens (deltanet.eval.compare)
+  bench kernels  the delta-rule kernels against attention and the recurrence, tables and plots
+  bench model    training throughput and decoding of DeltaNet, its hybrids and Transformer++
+
+Each command below `generate` lives in a module with `add_arguments(parser)` and `run(args) -> int`; its
+docstring's first paragraph is the command's --help description.
 """
 
 from __future__ import annotations
@@ -95,7 +105,70 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=kind, metavar=kind.__name__.upper(), **common)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# (words after "deltanet", module, one-line help)
+COMMANDS = [
+    (("generate",), "deltanet.eval.generate", "generate text from a checkpoint, streamed, with tokens/s"),
+    (("eval", "ppl"), "deltanet.eval.perplexity", "perplexity and bits per byte of a checkpoint on text"),
+    (("eval", "mqar"), "deltanet.eval.mqar", "multi-query associative recall (Zoology): train, test models"),
+    (("eval", "harness"), "deltanet.eval.harness", "zero-shot tasks through lm-eval (the 'harness' extra)"),
+    (("eval", "compare"), "deltanet.eval.compare", "train architectures alike; table and loss curves"),
+    (("bench", "kernels"), "deltanet.benchmarks.kernels", "time the delta-rule kernels against attention"),
+    (("bench", "model"), "deltanet.benchmarks.model", "training throughput and decoding of whole models"),
+]
+GROUP_HELP = {
+    "eval": "evaluate checkpoints and architectures: ppl, mqar, harness, compare",
+    "bench": "GPU benchmarks with tables and PNG plots: kernels, model",
+}
+
+
+def _command_runner(prog: str, run: typing.Callable[[argparse.Namespace], int]):
+    """run(args), with the user's mistakes (deltanet.errors.UserError: TrainError, EvalError, ...) and OS
+    errors as one line and status 2."""
+
+    def run_command(args: argparse.Namespace) -> int:
+        from deltanet.errors import UserError
+
+        try:
+            return run(args)
+        except UserError as error:
+            print(f"{prog}: error: {error}", file=sys.stderr)
+        except OSError as error:
+            where = f": {error.filename}" if error.filename else ""
+            print(f"{prog}: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 2
+
+    return run_command
+
+
+def _add_commands(sub, argv: list[str] | None) -> None:
+    """Add the COMMANDS. With `argv`, only the module of the command it names is imported (the others'
+    options are not needed to parse it, and importing lm-eval's wrapper or the benchmarks costs seconds)."""
+    import importlib
+
+    words_given = [word for word in argv if not word.startswith("-")][:2] if argv is not None else None
+    groups: dict[str, typing.Any] = {}
+    for words, module_name, help_text in COMMANDS:
+        parent = sub
+        if len(words) == 2:
+            if words[0] not in groups:
+                group = sub.add_parser(words[0], help=GROUP_HELP[words[0]], description=GROUP_HELP[words[0]])
+                groups[words[0]] = group.add_subparsers(dest="subcommand", required=True,
+                                                        parser_class=OneLineErrorParser)
+            parent = groups[words[0]]
+        if words_given is not None and list(words) != words_given[:len(words)]:
+            parent.add_parser(words[-1], help=help_text)
+            continue
+        module = importlib.import_module(module_name)
+        description = (module.__doc__ or help_text).strip().split("\n\n")[0]
+        parser = parent.add_parser(words[-1], help=help_text, description=description,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(parser)
+        parser.set_defaults(func=_command_runner("deltanet " + " ".join(words), module.run))
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; with `argv` (the arguments to parse), only the named command's module
+    is imported."""
     parser = argparse.ArgumentParser(prog="deltanet",
                                      description="DeltaNet: linear transformers with the delta rule.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
@@ -114,11 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_train_options(train)
     train.set_defaults(func=_train)
+    _add_commands(sub, argv)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     return args.func(args)
 
 

@@ -1,6 +1,10 @@
-"""Model-level benchmark: training throughput and decoding cost of DeltaNet against its baselines.
+"""Training throughput and decoding cost of DeltaNet, its hybrids and its baselines, on one GPU. Writes
+model.json, the tables, and a PNG per plotted section, with the card's name and the date. On a fresh H100 at
+the 340m preset: sections train and decode (the default) about 5 minutes; sweep (the paper's Figure 4,
+model_sweep.png) about 6 minutes (estimates: most of it is Triton and torch.compile building kernels).
+`--device cpu --preset debug --shapes 1x64 --steps 1` is a smoke test.
 
-Two sections, each side by side in one process on one device (`--sections train decode`):
+Three sections, each side by side in one process on one device (`--sections train decode sweep`):
 
 train   A training step (forward, backward, AdamW step; fused AdamW on CUDA) under bf16 autocast, float32
         weights, of this project's DeltaNet, its Transformer++ of the same size, and flash-linear-attention's
@@ -13,18 +17,30 @@ decode  Batch 1, bf16 weights: prefill a random prompt of each --contexts length
         DeltaNet, SDPA for Transformer++), then --decode-steps single-token steps with the cache, each
         synchronised; time per token is their median. Memory: the cache's bytes, and the peak allocated
         during the steps. DeltaNet's cache is constant in the context; Transformer++'s KV cache grows.
+sweep   The paper's Figure 4: the training step of `train`, timed the same way, of DeltaNet, its two hybrids
+        (deltanet-swa: sliding-window attention every other layer; deltanet-global: two global attention
+        layers), Transformer++ and linear attention at the same preset size, at a fixed number of tokens
+        per step: 8x2048, 4x4096, 2x8192, 1x16384 (16384 tokens). Tokens/s against T in model_sweep.png.
+        Linear attention's chunked form is plain PyTorch (no kernel of its own), so its row measures that.
 
-Model FLOPs per trained token (reported as TFLOP/s, the convention of nanoGPT's estimate_mfu):
-    6 N                  N = parameters of the matrix products (all 2-D weights but the embedding)
-    + 6 L T d            softmax attention, causal (half of 12 L T d), d = heads * head_dim
-    + 6 L H (3CK + 2CV + 3KV)   DeltaNet's chunked delta rule per token (C = chunk, K = V = head_dim;
-                         the forward's products as in benchmarks/kernels.py, backward = 2 forwards)
+Model FLOPs per trained token (reported as TFLOP/s; deltanet.models.flops, the convention of nanoGPT's
+estimate_mfu), d = heads * head_dim, C = chunk, D = head_dim:
+    6 N                          N = parameters of the matrix products (all 2-D weights but the embedding)
+    + 12 d c per attention layer c = keys a query sees on average: (T + 1) / 2 causal, about W in a window
+    + 6 H (5 C D + 3 D^2) per DeltaNet layer (the chunked op's forward products, as in
+                                 benchmarks/kernels.py; backward = 2 forwards)
+    + 6 H (2 C D + 2 D^2) per linear-attention layer
 
-Run on a GPU (about 5 minutes on a fresh H100 with the defaults, most of it Triton compiling and
-autotuning ours and fla's kernels during the warm-up steps; progress lines show the seconds elapsed):
-    python -m deltanet.benchmarks.model --out results/
+Run on a GPU (progress lines show the seconds elapsed; the first steps of each model include compiling):
+    deltanet bench model --out results/                      (train and decode)
+    deltanet bench model --out results/ --sections sweep     (Figure 4)
 Smoke test on a CPU:
-    python -m deltanet.benchmarks.model --out /tmp/b --device cpu --preset debug --shapes 1x64 --steps 1
+    deltanet bench model --out /tmp/b --device cpu --preset debug --shapes 1x64 --steps 1 --sections sweep
+(`python -m deltanet.benchmarks.model` takes the same options.)
+
+Where it sits: a benchmark on top of deltanet.models; `deltanet bench model` (deltanet.cli) and
+`python -m deltanet.benchmarks.model` both call add_arguments and run. Results: docs/benchmarks.md and
+docs/models.md.
 """
 
 from __future__ import annotations
@@ -37,16 +53,23 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 
 import torch
 
 import deltanet
+from deltanet.errors import UserError
 from deltanet.models import DeltaNetConfig, DeltaNetForCausalLM, output_cache, preset_config
 from deltanet.models.flops import training_flops_per_token
-from deltanet.models.presets import SIZES
+from deltanet.models.presets import ARCHITECTURES, SIZES
 
 DEFAULT_SHAPES = ["8x2048", "1x16384"]
+# The sweep (the paper's Figure 4): 16384 tokens per step at each length, every architecture of the presets.
+SWEEP_SHAPES = ["8x2048", "4x4096", "2x8192", "1x16384"]
+SWEEP_MODELS = ["deltanet", "deltanet-swa", "deltanet-global", "transformer++", "linear-attn"]
+SECTIONS = ("train", "decode", "sweep")
+CPU_SMOKE = "--device cpu --preset debug --shapes 1x64 --steps 1"
 DEFAULT_CONTEXTS = [1024, 4096, 16384, 32768]
 _START = time.perf_counter()
 
@@ -85,9 +108,14 @@ def is_out_of_memory(error: Exception) -> bool:
 
 
 def parse_shape(text: str) -> tuple[int, int]:
-    """Batch x sequence length, "8x2048" -> (8, 2048)."""
-    batch, seq_len = text.lower().split("x")
-    return int(batch), int(seq_len)
+    """Batch x sequence length, "8x2048" -> (8, 2048); UserError for anything else."""
+    try:
+        batch, seq_len = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--shapes: {text!r} is not BxT (batch x sequence length, e.g. 8x2048)") from None
+    if batch < 1 or seq_len < 1:
+        raise UserError(f"--shapes: {text!r} needs a positive batch and length")
+    return batch, seq_len
 
 
 def random_tokens(batch: int, seq_len: int, vocab_size: int, device: torch.device) -> torch.Tensor:
@@ -138,20 +166,21 @@ def fla_config_like(fla_config_class, config: DeltaNetConfig):
 
 
 def model_builders(
-    size: str, fla: tuple | None, compiled: bool = False, compile_mode: str = "default"
+    size: str, fla: tuple | None, compiled: bool = False, compile_mode: str = "default",
+    architectures: tuple[str, ...] = ("deltanet", "transformer++"),
 ) -> dict:
     """name -> (our config for the FLOP formula, mixer kind, function building the model).
 
     fla: what `fla_model_class` returned, or None to leave flash-linear-attention out.
     compiled: also this project's models under torch.compile(fullgraph=True) (the delta-rule op is a
     registered custom op, so the whole model compiles as one graph; fla's ops break the graph).
+    architectures: this project's models, by preset architecture (deltanet.models.presets.ARCHITECTURES).
     """
     deltanet_config = preset_config(f"deltanet-{size}")
-    transformer_config = preset_config(f"transformer++-{size}")
-    builders = {
-        "deltanet": (deltanet_config, "deltanet", lambda: DeltaNetForCausalLM(deltanet_config)),
-        "transformer++": (transformer_config, "attn", lambda: DeltaNetForCausalLM(transformer_config)),
-    }
+    builders = {}
+    for architecture in architectures:
+        config = preset_config(f"{architecture}-{size}")
+        builders[architecture] = (config, config.mixer, lambda config=config: DeltaNetForCausalLM(config))
     if compiled:
         for name in list(builders):
             config, mixer, build = builders[name]
@@ -283,38 +312,45 @@ def launch_settings(assignments: list[str]):
             setattr(LinearRecurrentMixer, name, value)
 
 
-def run_training(size, shapes, device, warmup, steps, fla, compiled=False, only=None,
-                 compile_mode="default") -> list[dict]:
-    """Time a training step of each model (all, or the names in `only`, in that order) at each shape.
-    A name in `only` may carry launch settings of its own: "deltanet compiled [wy.inverse=doubling]"."""
-    rows = []
-    builders = model_builders(size, fla, compiled, compile_mode)
-    unknown = sorted({launch_variant(name)[0] for name in only or ()} - set(builders))
+def check_model_names(names, builders: dict, option: str = "--models") -> None:
+    """UserError (naming `option`) for an unknown model or a bad row setting, before any row runs."""
+    unknown = sorted({launch_variant(name)[0] for name in names or ()} - set(builders))
     if unknown:
-        raise SystemExit(f"--models: unknown {', '.join(unknown)}; this run has {', '.join(builders)}")
-    for name in only or ():  # refuse a bad row setting before any row runs
+        raise UserError(f"{option}: unknown {', '.join(unknown)}; this run has {', '.join(builders)}")
+    for name in names or ():
         try:
             with launch_settings(launch_variant(name)[1]):
                 pass
         except LaunchSettingError as error:
-            raise SystemExit(f"--models: {name!r}: {error}") from None
+            raise UserError(f"{option}: {name!r}: {error}") from None
+
+
+def run_training(size, shapes, device, warmup, steps, fla, compiled=False, only=None,
+                 compile_mode="default", architectures=("deltanet", "transformer++"), option="--models",
+                 section="train") -> list[dict]:
+    """Time a training step of each model (all, or the names in `only`, in that order) at each shape.
+    A name in `only` may carry launch settings of its own: "deltanet compiled [wy.inverse=doubling]".
+    architectures: as in model_builders; option: the option named in the error for a bad name."""
+    rows = []
+    builders = model_builders(size, fla, compiled, compile_mode, architectures)
+    check_model_names(only, builders, option)
     for name in only or list(builders):
         base, assignments = launch_variant(name)
         with launch_settings(assignments):
-            rows.extend(train_rows(name, builders[base], size, shapes, device, warmup, steps))
+            rows.extend(train_rows(name, builders[base], size, shapes, device, warmup, steps, section))
     return rows
 
 
-def train_rows(name, builder, size, shapes, device, warmup, steps) -> list[dict]:
-    """run_training's rows for one model at each shape."""
+def train_rows(name, builder, size, shapes, device, warmup, steps, section="train") -> list[dict]:
+    """run_training's rows for one model at each shape (section: the progress lines' label)."""
     rows = []
     config, mixer, build = builder
-    progress("train", f"building {name} ({size})")
+    progress(section, f"building {name} ({size})")
     model = build_on(device, build).train()
     num_params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     for batch, seq_len in shapes:
-        progress("train", f"{name} {batch}x{seq_len}: {warmup} warm-up + {steps} timed steps")
+        progress(section, f"{name} {batch}x{seq_len}: {warmup} warm-up + {steps} timed steps")
         row = dict(model=name, batch=batch, seq_len=seq_len, params=num_params)
         try:
             ids = random_tokens(batch, seq_len, config.vocab_size, device)
@@ -330,13 +366,13 @@ def train_rows(name, builder, size, shapes, device, warmup, steps) -> list[dict]
             )
             peak = "" if peak_gib is None else f", peak {peak_gib:.1f} GiB"
             progress(
-                "train", f"{name} {batch}x{seq_len}: {tokens_per_s:,.0f} tokens/s, loss {loss:.3f}{peak}"
+                section, f"{name} {batch}x{seq_len}: {tokens_per_s:,.0f} tokens/s, loss {loss:.3f}{peak}"
             )
         except RuntimeError as error:
             if not is_out_of_memory(error):
                 raise
             row.update(error="out of memory")
-            progress("train", f"{name} {batch}x{seq_len}: out of memory")
+            progress(section, f"{name} {batch}x{seq_len}: out of memory")
         optimizer.zero_grad(set_to_none=True)
         ids = None
         free_memory(device)
@@ -482,6 +518,8 @@ def print_tables(result: dict) -> None:
                 f"{fmt(row.get('compiled_over_fla'), '.2f'):>9} "
                 f"{fmt(row.get('compiled_over_transformer'), '.2f'):>9}"
             )
+    if result.get("sweep"):
+        print_sweep(result["sweep"])
     if result.get("decode"):
         header = f"{'model':<14} {'context':>8} {'ms/token':>9} {'cache MiB':>10} {'peak GiB':>9}"
         print(f"\n{header} {'prefill s':>10}")
@@ -515,88 +553,165 @@ def plot_decoding(rows: list[dict], title: str, path: str) -> None:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--out", required=True, help="folder for model.json and model_decode.png")
-    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu for a smoke test")
-    parser.add_argument(
-        "--preset",
-        "--size",
-        dest="size",
-        default="340m",
-        choices=sorted(SIZES),
-        help="model size of the deltanet-* and transformer++-* presets (default 340m)",
-    )
-    parser.add_argument("--sections", nargs="+", default=["train", "decode"], choices=["train", "decode"])
-    parser.add_argument(
-        "--shapes", nargs="+", default=DEFAULT_SHAPES, help="training BxT (default 8x2048 1x16384)"
-    )
-    parser.add_argument("--steps", type=int, default=10, help="timed training steps per shape (default 10)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed training steps first (default 3)")
-    parser.add_argument(
-        "--no-fla", action="store_true", help="leave flash-linear-attention out even if installed"
-    )
-    parser.add_argument(
-        "--contexts",
-        type=int,
-        nargs="+",
-        default=DEFAULT_CONTEXTS,
-        help="decoding prompt lengths (default 1024 4096 16384 32768)",
-    )
-    parser.add_argument(
-        "--compile", action="store_true",
-        help="training: also time this project's models under torch.compile(fullgraph=True)",
-    )
-    parser.add_argument(
-        "--models", nargs="+", default=None,
-        help="training: only these rows, in this order (deltanet, transformer++, their '... compiled' forms "
-        "with --compile, fla-deltanet); default all",
-    )
-    parser.add_argument(
-        "--compile-mode", default="default",
-        choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
-        help="torch.compile mode of the compiled rows (reduce-overhead: CUDA graphs; default: default)",
-    )
+def print_sweep(rows: list[dict]) -> None:
+    """Tokens/s of each model (rows) at each shape (columns): the numbers of the Figure 4 plot."""
+    shapes = list(dict.fromkeys((row["batch"], row["seq_len"]) for row in rows))
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    cells = {(row["model"], row["batch"], row["seq_len"]): row for row in rows}
+    print("\n# sweep: training tokens/s (model TFLOP/s, peak GiB in model.json)")
+    print(f"{'model':<24}" + "".join(f"{f'{batch}x{seq_len}':>12}" for batch, seq_len in shapes))
+    for model in models:
+        line = f"{model:<24}"
+        for batch, seq_len in shapes:
+            row = cells.get((model, batch, seq_len), {})
+            line += f"{fmt(row.get('tokens_per_s'), ',.0f') if 'error' not in row else 'OOM':>12}"
+        print(line)
+
+
+def plot_sweep(rows: list[dict], title: str, path: str) -> bool:
+    """The paper's Figure 4: training tokens/s against T, one line per model. False if nothing to draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [row for row in rows if "error" not in row]
+    if not rows:
+        return False
+    seq_lens = sorted({row["seq_len"] for row in rows})
+    fig, axis = plt.subplots(figsize=(6.5, 4.5))
+    for name in dict.fromkeys(row["model"] for row in rows):
+        points = sorted((row["seq_len"], row["tokens_per_s"]) for row in rows if row["model"] == name)
+        axis.plot([p[0] for p in points], [p[1] / 1e3 for p in points], marker="o", label=name)
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(seq_lens, [str(seq_len) for seq_len in seq_lens])
+    axis.set_ylim(bottom=0)
+    axis.set_xlabel("training length T (sequence length)")
+    axis.set_ylabel("training throughput, thousand tokens/s")
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8)
+    axis.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default=os.environ.get("OUT", "bench_results"),
+                        help="folder for model.json, model_decode.png and model_sweep.png "
+                        "(default: $OUT, else bench_results)")
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test (default: cuda)")
+    parser.add_argument("--preset", "--size", dest="size", default="340m", choices=sorted(SIZES),
+                        help="model size of the presets deltanet-SIZE, transformer++-SIZE, ... "
+                        "(default: 340m)")
+    parser.add_argument("--sections", nargs="+", default=["train", "decode"], choices=SECTIONS,
+                        help="train (one training step, ours against fla and Transformer++), decode, sweep "
+                        "(the paper's Figure 4: tokens/s against T) (default: train decode)")
+    parser.add_argument("--shapes", nargs="+", default=None, metavar="BxT",
+                        help="training batch x length of the train and sweep sections (default: train "
+                        f"{' '.join(DEFAULT_SHAPES)}; sweep {' '.join(SWEEP_SHAPES)}, 16384 tokens per step)")
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per shape (default: 10)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed training steps first (default: 3)")
+    parser.add_argument("--no-fla", action="store_true",
+                        help="train: leave flash-linear-attention out even if installed "
+                        "(default: in if installed)")
+    parser.add_argument("--contexts", type=int, nargs="+", default=DEFAULT_CONTEXTS, metavar="T",
+                        help=f"decoding prompt lengths (default: {' '.join(map(str, DEFAULT_CONTEXTS))})")
+    parser.add_argument("--compile", action="store_true",
+                        help="train: also time this project's models under torch.compile(fullgraph=True); in "
+                        "sweep, makes '... compiled' names available to --sweep-models (default: off)")
+    parser.add_argument("--models", nargs="+", default=None, metavar="NAME",
+                        help="train: only these rows, in this order (deltanet, transformer++, their '... "
+                        "compiled' forms with --compile, fla-deltanet) (default: all)")
+    parser.add_argument("--sweep-models", nargs="+", default=SWEEP_MODELS, metavar="NAME",
+                        help=f"sweep: these rows, in this order: architectures of the presets "
+                        f"({', '.join(ARCHITECTURES)}), '... compiled' with --compile, fla-deltanet "
+                        f"(default: {' '.join(SWEEP_MODELS)})")
+    parser.add_argument("--compile-mode", default="default",
+                        choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                        help="torch.compile mode of the compiled rows (reduce-overhead: CUDA graphs) "
+                        "(default: default)")
     parser.add_argument(
         "--launch", action="append", default=[], metavar="KERNEL.KEY=VALUE",
         help="override a Triton launch setting for every row (repeatable; the tables are LAUNCH in "
         "deltanet.ops.triton.common and, prefixed qkv_features., in deltanet.ops.triton.qkv_features; "
         "prefixed mixer., a switch of the recurrent mixers: fuse_extra_projections, fused_width_multiple), "
         "e.g. backward.saved=intermediates, wy.inverse=blocks16, qkv_features.bwd.dz_dtype=input, "
-        "mixer.fused_width_multiple=64",
+        "mixer.fused_width_multiple=64 (default: none)",
     )
-    parser.add_argument("--decode-steps", type=int, default=32, help="timed decoding steps per context")
-    parser.add_argument(
-        "--decode-budget-s",
-        type=float,
-        default=60.0,
-        help="a model whose context took longer skips the longer ones (default 60)",
-    )
-    args = parser.parse_args(argv)
+    parser.add_argument("--decode-steps", type=int, default=32,
+                        help="timed decoding steps per context (default: 32)")
+    parser.add_argument("--decode-budget-s", type=float, default=60.0,
+                        help="a model whose context took longer skips the longer ones (default: 60)")
+
+
+def check_arguments(args: argparse.Namespace) -> torch.device:
+    """The device, after checking what argparse cannot; UserError names the option at fault."""
     try:
-        with launch_settings(args.launch):  # the tables as they were afterwards (main may run in a process)
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise UserError(f"--device {args.device!r} is not a device (cuda or cpu)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"no CUDA device here: the model benchmark times GPU training; for a CPU smoke test: "
+                        f"deltanet bench model {CPU_SMOKE} [--sections ...]")
+    for name, least in (("steps", 1), ("warmup", 0), ("decode_steps", 1)):
+        if getattr(args, name) < least:
+            raise UserError(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}")
+    if any(context < 1 for context in args.contexts):
+        raise UserError(f"--contexts must be positive, got {args.contexts}")
+    for text in args.shapes or ():
+        parse_shape(text)
+    return device
+
+
+def run(args: argparse.Namespace) -> int:
+    """`deltanet bench model`: the sections, then model.json, the plots and the tables."""
+    device = check_arguments(args)
+    try:
+        with launch_settings(args.launch):  # the tables as they were afterwards (run may be called again)
             if args.launch:
                 from deltanet.ops.triton import qkv_features
                 from deltanet.ops.triton.common import LAUNCH
 
                 print(f"# launch settings: {LAUNCH}, qkv_features {qkv_features.LAUNCH}", flush=True)
-            return run_benchmarks(args)
+            run_benchmarks(args, device)
     except LaunchSettingError as error:
-        parser.error(f"--launch: {error}")
+        raise UserError(f"--launch: {error}") from None
+    return 0
 
 
-def run_benchmarks(args) -> dict:
-    """main's work, on parsed arguments."""
-    device = torch.device(args.device)
+def main(argv: list[str] | None = None) -> int:
+    """`python -m deltanet.benchmarks.model`, the same as `deltanet bench model`."""
+    from deltanet.benchmarks.entry import module_main
+
+    return module_main("python -m deltanet.benchmarks.model", __doc__, add_arguments, run, argv)
+
+
+def json_arguments(args: argparse.Namespace) -> dict:
+    """The options as JSON values (the command line's namespace also holds the command's function)."""
+    return {name: value for name, value in vars(args).items()
+            if isinstance(value, (str, int, float, bool, list, type(None)))}
+
+
+def run_benchmarks(args, device: torch.device | None = None) -> dict:
+    """run's work, on parsed arguments: the sections, model.json, the plots, the tables."""
+    device = device or torch.device(args.device)
     fla = None
     if device.type != "cuda" and not args.no_fla:
         print("flash-linear-attention left out: its kernels need a GPU", flush=True)
     elif not args.no_fla:
         fla = fla_model_class()
+    # Refuse a bad row name or row setting before any section runs.
+    if "train" in args.sections:
+        check_model_names(args.models, model_builders(args.size, fla, args.compile, args.compile_mode))
+    if "sweep" in args.sections:
+        check_model_names(args.sweep_models, model_builders(args.size, fla, args.compile, args.compile_mode,
+                                                            tuple(ARCHITECTURES)), "--sweep-models")
+    os.makedirs(args.out, exist_ok=True)  # before the minutes of measuring: a bad --out fails now
     import transformers
 
     result = dict(
@@ -607,34 +722,45 @@ def run_benchmarks(args) -> dict:
         torch=torch.__version__,
         transformers=transformers.__version__,
         fla=fla[2] if fla else None,
-        args=vars(args),
+        args=json_arguments(args),
     )
     print(f"# model benchmark on {result['device']}: sections {' '.join(args.sections)}", flush=True)
     if "train" in args.sections:
-        shapes = [parse_shape(shape) for shape in args.shapes]
+        shapes = [parse_shape(shape) for shape in args.shapes or DEFAULT_SHAPES]
         result["train"] = run_training(args.size, shapes, device, args.warmup, args.steps, fla, args.compile,
                                        args.models, args.compile_mode)
         result["train_ratios"] = training_ratios(result["train"])
+    if "sweep" in args.sections:
+        shapes = [parse_shape(shape) for shape in args.shapes or SWEEP_SHAPES]
+        result["sweep"] = run_training(args.size, shapes, device, args.warmup, args.steps, fla, args.compile,
+                                       args.sweep_models, args.compile_mode, tuple(ARCHITECTURES),
+                                       "--sweep-models", "sweep")
     if "decode" in args.sections:
         result["decode"] = run_decoding(
             args.size, args.contexts, device, args.decode_steps, args.decode_budget_s
         )
 
-    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "model.json"), "w") as file:
         json.dump(result, file, indent=1)
-    if result.get("decode"):
-        try:
-            plot_decoding(
-                result["decode"],
-                f"{result['device']}, {result['date']}",
-                os.path.join(args.out, "model_decode.png"),
-            )
-        except ImportError:
-            print("matplotlib not importable: no plot", flush=True)
+    print(f"\nwrote {os.path.join(args.out, 'model.json')}", flush=True)
+    try:
+        if result.get("decode"):
+            path = os.path.join(args.out, "model_decode.png")
+            plot_decoding(result["decode"], f"{result['device']}, {result['date']}", path)
+            print(f"wrote {path}", flush=True)
+        if result.get("sweep"):
+            tokens = sorted({row["batch"] * row["seq_len"] for row in result["sweep"]})
+            per_step = f"{tokens[0]} tokens per step" if len(tokens) == 1 else "tokens per step vary"
+            title = (f"{result['device']}, {result['date']}: training, preset {args.size}, {per_step}, "
+                     f"bf16 autocast")
+            path = os.path.join(args.out, "model_sweep.png")
+            if plot_sweep(result["sweep"], title, path):
+                print(f"wrote {path}", flush=True)
+    except ImportError:
+        print("matplotlib not importable (pip install 'deltanet[bench]'): no plot", flush=True)
     print_tables(result)
     return result
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

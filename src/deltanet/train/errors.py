@@ -7,8 +7,12 @@ message; `ConfigError` and `DataError` say whether the settings or the data were
 
 from __future__ import annotations
 
+from deltanet.errors import UserError, first_line
 
-class TrainError(ValueError):
+__all__ = ["ConfigError", "DataError", "TrainError", "first_line"]
+
+
+class TrainError(UserError):
     """A mistake in the user's input or a run that cannot go on.
 
     Its message is one line, shown as is (no traceback); `deltanet train` exits with status 2.
@@ -21,9 +25,3 @@ class ConfigError(TrainError):
 
 class DataError(TrainError):
     """Bad data input (a source, a record, a tokenizer): its message is one line, shown as is."""
-
-
-def first_line(exc: BaseException) -> str:
-    """The exception's type and the first line of its message: a TrainError that quotes it stays one line."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -1,0 +1,107 @@
+"""`deltanet eval compare`: the table and plot from runs' metrics, compared where every run was evaluated
+(equal tokens), the train command, and the orchestration of runs over lanes."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from deltanet import cli
+from deltanet.eval import compare
+
+
+def write_run(folder, name, last_step, bits, tokens_per_step=1000, valid_every=50):
+    """metrics.jsonl of a run that logged every 10 steps up to last_step and evaluated every valid_every."""
+    run = folder / name
+    run.mkdir(parents=True)
+    lines = []
+    for step in range(10, last_step + 1, 10):
+        lines.append({"step": step, "split": "train", "loss": 3.0 - step / 1000, "lr": 1e-3, "grad_norm": 1.0,
+                      "tokens_per_s": 5000.0, "tokens": step * tokens_per_step})
+        if step % valid_every == 0:
+            lines.append({"step": step, "split": "valid", "loss": bits(step) * 0.69,
+                          "bits_per_byte": bits(step)})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"step": 9')
+    return run
+
+
+def test_report_compares_where_every_run_was_evaluated(tmp_path):
+    # deltanet stopped early (step 120): the others are compared at its last evaluation, step 100
+    write_run(tmp_path, "deltanet", 120, lambda step: 2.0 - step / 1000)
+    write_run(tmp_path, "transformer++", 200, lambda step: 2.5 - step / 1000)
+    lines = compare.report(tmp_path, ["deltanet", "transformer++", "linear-attn"], "debug")
+    assert [line["architecture"] for line in lines] == ["deltanet", "transformer++"]  # no run: left out
+    assert all(line["step"] == 100 and line["tokens"] == 100_000 for line in lines)
+    assert lines[0]["valid_bits_per_byte"] == pytest.approx(1.9)
+    assert lines[1]["valid_bits_per_byte"] == pytest.approx(2.4)  # not its step-200 figure
+    assert lines[1]["tokens_trained"] == 200_000 and lines[0]["tokens_per_s"] == pytest.approx(5000)
+    assert lines[0]["parameters"] > 0
+    table = (tmp_path / "results.md").read_text()
+    assert table.index("| deltanet |") < table.index("| transformer++ |")
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["summary"] == lines
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "loss_curves.png").stat().st_size > 0
+
+
+def test_report_without_runs_is_an_error(tmp_path, capsys):
+    assert cli.main(["eval", "compare", "--out", str(tmp_path), "--report-only"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no runs with metrics" in err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--architectures", "gla"], "--architectures"),
+    (["--size", "7b"], "--size"),
+    (["--runs-per-gpu", "0"], "--runs-per-gpu"),
+    (["--gpus", "7"], "--gpus 7"),  # no such CUDA device (none at all on a CPU machine)
+])
+def test_bad_options_end_in_one_line(tmp_path, argv, words, capsys):
+    assert cli.main(["eval", "compare", "--out", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err
+
+
+def test_train_command_passes_the_shared_settings(tmp_path):
+    parser = cli.build_parser(["eval", "compare"])
+    args = parser.parse_args(["eval", "compare", "--out", str(tmp_path), "--steps", "7", "--lr", "2e-3",
+                              "--data", "a.txt", "b/", "--compile"])
+    command = compare.train_command("deltanet-swa", args, tmp_path / "deltanet-swa")
+    assert command[:4] == [sys.executable, "-m", "deltanet", "train"]
+    options = dict(zip(command[4::1], command[5::1]))
+    assert options["--model"] == "deltanet-swa-small" and options["--steps"] == "7"
+    assert options["--lr"] == "0.002" and options["--out-dir"] == str(tmp_path / "deltanet-swa")
+    assert command[command.index("--data") + 1:command.index("--data") + 3] == ["a.txt", "b/"]
+    assert "--compile" in command and "--device" not in command and "--resume" not in command
+    on_gpu = compare.train_command("deltanet", args, tmp_path / "deltanet", gpu="3")
+    assert on_gpu[on_gpu.index("--device") + 1] == "cuda"  # CUDA_VISIBLE_DEVICES=3: no fall-back to the CPU
+    args.resume = True
+    assert "--resume" not in compare.train_command("deltanet", args, tmp_path / "deltanet")  # no checkpoint
+    (tmp_path / "deltanet" / "checkpoints" / "step-0000005").mkdir(parents=True)
+    assert "--resume" in compare.train_command("deltanet", args, tmp_path / "deltanet")
+    # every option is one `deltanet train` accepts
+    train_args = cli.build_parser(command[3:]).parse_args(command[3:])
+    assert train_args.steps == 7 and train_args.model == "deltanet-swa-small"
+
+
+def test_runs_spread_over_lanes_and_failures_are_reported(tmp_path, monkeypatch, capsys):
+    """run_all with a stand-in for `deltanet train`: each run writes metrics and exits 0, but linear-attn
+    exits 3; two lanes on one 'GPU' run them all, and the command says which failed."""
+    script = ("import json, os, sys; out = sys.argv[1]; name = os.path.basename(out); "
+              "open(os.path.join(out, 'metrics.jsonl'), 'w').write(json.dumps({'step': 50, 'split': 'train', "
+              "'loss': 1.0, 'tokens_per_s': 10.0, 'tokens': 500}) + '\\n' + json.dumps({'step': 50, "
+              "'split': 'valid', 'loss': 1.0, 'bits_per_byte': 1.5}) + '\\n'); "
+              "print(os.environ.get('CUDA_VISIBLE_DEVICES')); sys.exit(3 if name == 'linear-attn' else 0)")
+    monkeypatch.setattr(compare, "train_command",
+                        lambda arch, args, out, gpu=None: [sys.executable, "-c", script, str(out)])
+    monkeypatch.setattr(compare, "visible_gpus", lambda: ["0", "5"])
+    status = cli.main(["eval", "compare", "--out", str(tmp_path), "--size", "debug", "--gpus", "5",
+                       "--runs-per-gpu", "2", "--architectures", "deltanet", "linear-attn", "transformer++"])
+    assert status == 1
+    captured = capsys.readouterr()
+    assert "linear-attn" in captured.err and "failed" in captured.err
+    for name in ("deltanet", "linear-attn", "transformer++"):
+        assert (tmp_path / name / "log.txt").read_text().strip() == "5"
+    assert "| transformer++ |" in (tmp_path / "results.md").read_text()
