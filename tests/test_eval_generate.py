@@ -292,3 +292,14 @@ def test_a_tokenizer_smaller_than_the_output_layer_only_gets_its_own_ids(tmp_pat
         assert code == 0, err
         ids = json.loads(out.read_text())["token_ids"]
         assert len(ids) == 12 and max(ids) < 256
+
+
+def test_a_mistyped_run_folder_is_a_missing_path_not_a_hub_name(tmp_path, monkeypatch, capsys):
+    """'runs/typo' beside an existing runs/ fails at once as a path, without asking the Hugging Face hub."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setattr("transformers.AutoConfig.from_pretrained",
+                        lambda *a, **k: pytest.fail("the hub was asked for a local path"))
+    code, _, err = run_generate(capsys, "runs/typo", "--prompt", "a")
+    assert code == 2
+    assert err.strip() == "deltanet generate: error: no such checkpoint: 'runs/typo' does not exist"

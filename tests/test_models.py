@@ -385,3 +385,17 @@ def test_activation_checkpointing_gives_the_same_gradients(preset):
         warnings.simplefilter("ignore")  # newer transformers deprecate the name in favour of activation_...
         model.gradient_checkpointing_enable()
     assert model.model.gradient_checkpointing
+
+
+@pytest.mark.parametrize("arch", ["linear-attn", "transformer++"])
+def test_max_seqlen_bounds_packed_documents(arch):
+    """max_seqlen (a host-known bound of the packed documents' lengths, as the trainer passes) gives the same
+    logits as reading the longest length from cu_seqlens; a bound below the longest is refused by name."""
+    model = tiny_model(arch, torch.float64)
+    ids = random_ids(1, 30)
+    cu_seqlens = torch.tensor([0, 7, 19, 30])
+    read = model(input_ids=ids, cu_seqlens=cu_seqlens, use_cache=False).logits
+    bounded = model(input_ids=ids, cu_seqlens=cu_seqlens, max_seqlen=16, use_cache=False).logits
+    torch.testing.assert_close(bounded, read, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="max_seqlen 11 is shorter than the longest packed document"):
+        model(input_ids=ids, cu_seqlens=cu_seqlens, max_seqlen=11, use_cache=False)

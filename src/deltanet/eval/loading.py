@@ -85,7 +85,9 @@ def model_folder(spec: str) -> Path | None:
     a hub name; an EvalError for a local path that is not a model."""
     path = Path(spec).expanduser()
     if not path.exists():
-        if _looks_like_path(spec):
+        # "runs/typo" beside an existing runs/ is a mistyped path, not the hub's user "runs" (whose lookup
+        # would cost half a minute of retries offline)
+        if _looks_like_path(spec) or path.parent != Path(".") and path.parent.is_dir():
             raise EvalError(f"no such checkpoint: {spec!r} does not exist")
         return None
     if path.is_file():

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from deltanet.ops.host_offsets import host_offsets
+
 
 @dataclass
 class SequenceInfo:
@@ -25,11 +27,16 @@ class SequenceInfo:
             token (no state update, no conv input, never attended to). None means no padding.
         cu_seqlens: int64 [N + 1] or None: N documents packed along T of a single row (B == 1), in the
             FlashAttention convention. No state, conv window or attention crosses a document boundary.
+        max_document_length: with cu_seqlens, the longest document's length or a bound of it known on the
+            host (FlashAttention's max_seqlen; the length of the rows that were packed), or None: then it is
+            read from cu_seqlens when needed. A bound keeps the layers that pad each document to a common
+            length (linear attention) free of a data-dependent shape, as torch.compile needs.
     """
 
     positions: torch.Tensor
     token_mask: torch.Tensor | None = None
     cu_seqlens: torch.Tensor | None = None
+    max_document_length: int | None = None
     _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -49,9 +56,12 @@ class SequenceInfo:
         return self.cu_seqlens is not None
 
     def document_layout(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """For packed input: (document index [T], position inside the document [T], longest length).
+        """For packed input: (document index [T], position inside the document [T], the longest length, or
+        max_document_length when given).
 
-        Reads cu_seqlens on the host once per forward (one sync).
+        Without max_document_length, reads cu_seqlens on the host once per forward (one sync, and a
+        data-dependent length under torch.compile). With it, checks it against the host's copy of the
+        offsets when not compiling (free when the caller remembered them: ops.host_offsets).
         """
         if self.cu_seqlens is None:
             raise ValueError("document_layout needs cu_seqlens (packed documents)")
@@ -60,9 +70,22 @@ class SequenceInfo:
             device = self.cu_seqlens.device
             starts = self.cu_seqlens[:-1].long()
             lengths = self.cu_seqlens[1:].long() - starts
-            document = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)
+            # The packed row's length, when the positions already say it: a static output size (under
+            # torch.compile, repeat_interleave's own would be data-dependent).
+            total = self.positions.shape[-1] if self.positions.numel() else None
+            document = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths,
+                                               output_size=total)
             position = torch.arange(document.numel(), device=device) - starts[document]
-            return document, position, int(lengths.max())
+            bound = self.max_document_length
+            if bound is None:
+                return document, position, int(lengths.max())
+            if not torch.compiler.is_compiling():
+                offsets = host_offsets(self.cu_seqlens)
+                longest = max((b - a for a, b in zip(offsets[:-1], offsets[1:])), default=0)
+                if longest > bound:
+                    raise ValueError(f"max_seqlen {bound} is shorter than the longest packed document "
+                                     f"({longest} tokens)")
+            return document, position, bound
 
         return self.memo("document_layout", build)
 

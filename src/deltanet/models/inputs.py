@@ -80,11 +80,14 @@ def sequence_info_for(
     position_ids: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
     cache: DeltaNetCache | None = None,
+    max_seqlen: int | None = None,
 ) -> tuple[SequenceInfo, bool]:
     """The SequenceInfo of a [B, T] input, and whether its rows must be laid end to end into one.
 
     position_ids [B, T] or [1, T] are used as rotary positions when given; otherwise positions count
     the non-padding tokens of each row (continuing from the cache) or restart in each packed document.
+    max_seqlen: for packed documents, the longest one's length or a bound of it (see
+    SequenceInfo.max_document_length); rows laid end to end are bounded by their length T anyway.
     """
     if position_ids is not None and (position_ids.dim() != 2 or position_ids.shape[1] != seq_len
                                      or position_ids.shape[0] not in (1, batch_size)):  # fmt: skip
@@ -101,8 +104,11 @@ def sequence_info_for(
             raise ValueError(
                 "packed documents (cu_seqlens, or position_ids restarting at 0) cannot use a cache"
             )
+        if max_seqlen is None and flatten_rows:
+            max_seqlen = seq_len  # each row starts a document: none is longer than a row
         info = SequenceInfo(
-            positions=torch.empty(0, dtype=torch.long, device=device), cu_seqlens=packed_cu_seqlens
+            positions=torch.empty(0, dtype=torch.long, device=device), cu_seqlens=packed_cu_seqlens,
+            max_document_length=max_seqlen,
         )
         if position_ids is None:
             info.positions = info.document_layout()[1][None]  # position inside each document, [1, T]

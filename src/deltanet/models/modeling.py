@@ -133,6 +133,7 @@ class DeltaNetModel(DeltaNetPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         past_key_values: DeltaNetCache | None = None,
+        max_seqlen: int | None = None,
     ) -> BaseModelOutputWithPast | tuple:
         """Run the blocks over [B, T] tokens.
 
@@ -144,6 +145,10 @@ class DeltaNetModel(DeltaNetPreTrainedModel):
             cache: DeltaNetCache to continue from and update (model.new_cache()).
             use_cache: return a cache; default config.use_cache in eval mode, never for packed input.
             cu_seqlens: int [N + 1], documents packed in a single row (B = 1).
+            max_seqlen: with cu_seqlens, the longest document's length or a bound of it (e.g. the length of
+                the rows that were packed), as in FlashAttention's varlen API; lets the layers that pad
+                documents to one length (linear attention) run without a host read or, under torch.compile,
+                a data-dependent shape.
             output_hidden_states: also return the input of every block and the final output.
             past_key_values: the name transformers < 5.24 gives `cache` (see hf_compat.py).
 
@@ -157,7 +162,8 @@ class DeltaNetModel(DeltaNetPreTrainedModel):
         if cache is not None and not isinstance(cache, DeltaNetCache):
             raise TypeError(f"cache must be a DeltaNetCache (model.new_cache()), got {type(cache).__name__}")
         info, flatten_rows = sequence_info_for(
-            batch_size, seq_len, hidden_states.device, attention_mask, position_ids, cu_seqlens, cache
+            batch_size, seq_len, hidden_states.device, attention_mask, position_ids, cu_seqlens, cache,
+            max_seqlen,
         )
         cache = self._resolve_cache(cache, use_cache, info)
         if flatten_rows:  # packed rows laid end to end: [B, T, D] -> [1, B * T, D]
@@ -237,6 +243,7 @@ class DeltaNetForCausalLM(DeltaNetPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         past_key_values: DeltaNetCache | None = None,
+        max_seqlen: int | None = None,
     ) -> CausalLMOutputWithPast | tuple:
         """DeltaNetModel.forward's arguments, plus:
 
@@ -259,6 +266,7 @@ class DeltaNetForCausalLM(DeltaNetPreTrainedModel, GenerationMixin):
             cu_seqlens=cu_seqlens,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            max_seqlen=max_seqlen,
         )
         hidden_states = outputs.last_hidden_state
         if logits_to_keep:

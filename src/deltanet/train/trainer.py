@@ -400,8 +400,9 @@ class Trainer:
             remember_host_offsets(cu_seqlens, flat[2].tolist())
             with contextlib.nullcontext() if index == self.accumulation - 1 else no_sync():
                 with self.autocast():
+                    # max_seqlen: documents never cross a row, so the host knows a bound without a read
                     output = self.forward_model(input_ids=ids, position_ids=positions, cu_seqlens=cu_seqlens,
-                                                labels=ids, use_cache=False)
+                                                max_seqlen=config.seq_len, labels=ids, use_cache=False)
                 if targets:
                     # the mean over this micro-batch's targets, re-weighted to the global batch's mean; DDP
                     # averages the gradients over processes, hence the factor world
