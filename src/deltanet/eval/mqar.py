@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -356,6 +357,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+    if device.type == "cpu" and task.seq_len * settings.batch_size * settings.steps > 1e8:
+        print("note: this is a GPU-sized run (hours on a CPU); a CPU-sized one: --seq-len 48 --kv-pairs 12 "
+              "--vocab 64 --train-mix 16:2,32:6,48:12 --dims 32 --steps 600 --batch-size 64 --lrs 1e-2",
+              file=sys.stderr, flush=True)
     test_set = make_examples(task, settings.test_examples, torch.Generator().manual_seed(12345), device)
     print(f"# MQAR: T={task.seq_len}, {task.num_kv_pairs} pairs, vocabulary {task.vocab_size}, "
           f"{settings.steps} steps of {settings.batch_size}, {settings.test_examples} test examples, "
