@@ -126,3 +126,16 @@ def test_deltanet_recalls_better_than_linear_attention():
         accuracy[name] = row["test_accuracy"]
     assert accuracy["deltanet"] > 3 / 32  # it learned something: three times chance
     assert accuracy["deltanet"] > accuracy["linear-attn"] + 0.02, accuracy
+
+
+def test_a_diverged_run_is_marked_and_the_next_one_goes_on():
+    """lr 1e12 turns the loss into NaN within two steps: the row says diverged, scores 0, and the table says
+    so; run() goes on to the next rate."""
+    task = mqar.MQARTask(seq_len=16, num_kv_pairs=2, vocab_size=16)
+    settings = mqar.RunSettings(steps=6, batch_size=4, test_examples=8, eval_every=2)
+    test_set = mqar.make_examples(task, 8, torch.Generator().manual_seed(0))
+    row = mqar.train_one("transformer++", 16, 1e12, task, settings, 2, torch.device("cpu"), test_set)
+    assert row["diverged"] and row["steps"] == 2 and row["test_accuracy"] == 0.0
+    assert "diverged" in mqar.format_table([row])
+    healthy = mqar.train_one("transformer++", 16, 1e-3, task, settings, 2, torch.device("cpu"), test_set)
+    assert not healthy["diverged"] and healthy["steps"] == 6

@@ -196,7 +196,7 @@ def train_one(architecture: str, width: int, lr: float, task: MQARTask, settings
     # Training data from its own generator on the device: the test set's seed is never drawn from.
     generator = torch.Generator(device=device).manual_seed(settings.seed + 1)
     start = time.perf_counter()
-    history, best, step, loss_value = [], 0.0, 0, float("nan")
+    history, best, step, loss_value, diverged = [], 0.0, 0, float("nan"), False
     train_tasks = train_tasks or [task]
     for step in range(1, settings.steps + 1):
         step_task = train_tasks[(step - 1) % len(train_tasks)]
@@ -212,7 +212,10 @@ def train_one(architecture: str, width: int, lr: float, task: MQARTask, settings
         scheduler.step()
         if step % settings.eval_every == 0 or step == settings.steps:
             loss_value = loss.item()
-            if not math.isfinite(loss_value):
+            if not math.isfinite(loss_value):  # the run diverged: its row says so, the next run goes on
+                diverged = True
+                if progress is not None:
+                    progress(f"{architecture} d={width} lr={lr:g}: loss {loss_value} at step {step}, stopped")
                 break
             acc = accuracy(model, *test_set, batch_size=max(settings.batch_size, 256), autocast=autocast)
             best = max(best, acc)
@@ -229,7 +232,8 @@ def train_one(architecture: str, width: int, lr: float, task: MQARTask, settings
     return {
         "model": architecture, "dim": width, "heads": num_heads, "lr": lr, "steps": step,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "final_loss": loss_value, "test_accuracy": history[-1]["test_accuracy"] if history else 0.0,
+        "final_loss": loss_value, "diverged": diverged,
+        "test_accuracy": 0.0 if diverged or not history else history[-1]["test_accuracy"],
         "best_test_accuracy": best, "seconds": time.perf_counter() - start, "history": history,
     }
 
@@ -254,8 +258,9 @@ def format_table(rows: list[dict]) -> str:
         cells = []
         for d in dims:
             row = by_key.get((model, d))
+            ending = ", diverged" if row is not None and row.get("diverged") else ""
             cells.append("" if row is None else f"{100 * row['test_accuracy']:.1f}% (lr {row['lr']:g}, "
-                         f"{row['steps']} steps)")
+                         f"{row['steps']} steps{ending})")
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
