@@ -118,6 +118,18 @@ class DeltaNetLM(LM):
         disable = True if disable_tqdm or not self.progress else None  # None: only on a terminal
         return tqdm(total=total, desc=desc, file=sys.stderr, dynamic_ncols=True, disable=disable)
 
+    def _run_longest_first(self, items: list, indices: list[int], length, run_batch, results: list, desc: str,
+                           disable_tqdm: bool) -> list:
+        """results[i] = run_batch's answer for items[i], for each i of `indices`, run `batch_size` at a time
+        longest first (length(item)): padding stays small, and an out-of-memory shows in the first batch."""
+        order = sorted(indices, key=lambda index: -length(items[index]))
+        with self._bar(len(order), desc, disable_tqdm) as bar:
+            for batch in _batches(order, self.batch_size):
+                for index, answer in zip(batch, run_batch([items[index] for index in batch])):
+                    results[index] = answer
+                bar.update(len(batch))
+        return results
+
     # ------------------------------------------------------------------------------ loglikelihood
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -153,16 +165,12 @@ class DeltaNetLM(LM):
             if not continuation:
                 results[index] = (0.0, True)
             elif not context:
-                raise ValueError(f"request {index}: a continuation needs at least one token of context")
+                raise EvalError(f"loglikelihood request {index}: a continuation needs at least one token of "
+                                "context")
             else:
                 order.append(index)
-        order.sort(key=lambda index: -(len(pairs[index][0]) + len(pairs[index][1])))
-        with self._bar(len(order), "loglikelihood", disable_tqdm) as bar:
-            for batch in _batches(order, self.batch_size):
-                for index, result in zip(batch, self._score_batch([pairs[index] for index in batch])):
-                    results[index] = result
-                bar.update(len(batch))
-        return results
+        return self._run_longest_first(pairs, order, lambda pair: len(pair[0]) + len(pair[1]),
+                                       self._score_batch, results, "loglikelihood", disable_tqdm)
 
     def _score_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         rows, continuations = [], []
@@ -239,14 +247,9 @@ class DeltaNetLM(LM):
                 raise EvalError(f"generation request {index} has an empty prompt: nothing to continue from")
             # the context cut from the left so that it and the new tokens fit max_length
             prompts.append((ids[-max(self.max_length - max_new, 1):], until, max_new))
-        order = sorted(range(len(prompts)), key=lambda index: -len(prompts[index][0]))
-        results: list[str | None] = [None] * len(prompts)
-        with self._bar(len(order), "generate_until", disable_tqdm) as bar:
-            for batch in _batches(order, self.batch_size):
-                for index, text in zip(batch, self._generate_batch([prompts[index] for index in batch])):
-                    results[index] = text
-                bar.update(len(batch))
-        return results
+        return self._run_longest_first(prompts, list(range(len(prompts))), lambda prompt: len(prompt[0]),
+                                       self._generate_batch, [None] * len(prompts), "generate_until",
+                                       disable_tqdm)
 
     @torch.no_grad()
     def _generate_batch(self, prompts: list[tuple[list[int], list[str], int]]) -> list[str]:
