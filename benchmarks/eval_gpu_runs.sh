@@ -1,6 +1,16 @@
 #!/usr/bin/env bash
 # The GPU runs behind docs/results.md (MQAR and the language-modelling comparison), for a machine with 4 GPUs.
 # Run from the repository root with PYTHONPATH=src (benchmarks/device_run.sh sets it), results under $OUT:
+#   bash benchmarks/eval_gpu_runs.sh profile     where the small models' training step goes (eager, compiled,
+#                                                packed or one long document, default or 8 threads, alone)
+#   bash benchmarks/eval_gpu_runs.sh launch      the long runs in the background (setsid, so they outlive the
+#                                                call): the comparison (LONG_STEPS steps of 24 rows; the
+#                                                sliding-window hybrid alone on GPU 3, the others two per GPU on
+#                                                0 and 1) and MQAR's DeltaNet runs on GPU 2 (LONG_MQAR_SECONDS)
+#   bash benchmarks/eval_gpu_runs.sh watch S     print their progress for S seconds, then pack what exists
+#   bash benchmarks/eval_gpu_runs.sh finish      stop the comparison (checkpoints), make both tables, pack
+#   bash benchmarks/eval_gpu_runs.sh threads     the trainer's CPU-thread cap checked: one run alone with the
+#                                                default and with OMP_NUM_THREADS=64, then four at once
 #   bash benchmarks/eval_gpu_runs.sh calibrate   100 compiled steps of 4 architectures, one GPU each
 #   bash benchmarks/eval_gpu_runs.sh mqar        MQAR, the paper's setting: 12 runs (3 models, 2 widths, a few
 #                                                rates) spread over MQAR_GPUS, each at most MQAR_SECONDS
@@ -13,6 +23,105 @@ phase=$1
 OUT=${OUT:-/tmp/out}
 mkdir -p /tmp/mqar /tmp/bench
 case $phase in
+profile)
+    mkdir -p /tmp/prof
+    find "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')" -name '*.py' | head -4000 | xargs cat > /tmp/one_document.txt
+    prof() {  # GPU, label, extra options
+        local gpu=$1 label=$2
+        shift 2
+        CUDA_VISIBLE_DEVICES=$gpu python3 benchmarks/profile_train_step.py --label "$label" --out /tmp/prof \
+            --batch-size 24 --seq-len 2048 "$@" > "/tmp/prof/$label.log" 2>&1
+        tail -1 "/tmp/prof/$label.log"
+    }
+    # round 1: four at once, default threads (each torch process starts one per core)
+    prof 0 r1-deltanet --model deltanet-small &
+    prof 1 r1-tpp --model transformer++-small &
+    prof 2 r1-deltanet-onedoc --model deltanet-small --data /tmp/one_document.txt &
+    prof 3 r1-deltanet-compiled --model deltanet-small --compile --warmup 12 &
+    wait
+    # round 2: four at once, 8 threads each
+    export OMP_NUM_THREADS=8
+    prof 0 r2-deltanet --model deltanet-small &
+    prof 1 r2-tpp --model transformer++-small &
+    prof 2 r2-tpp-compiled --model transformer++-small --compile --warmup 12 &
+    prof 3 r2-linear-compiled --model linear-attn-small --compile --warmup 12 &
+    wait
+    unset OMP_NUM_THREADS
+    # round 3: one alone
+    prof 0 r3-deltanet-alone --model deltanet-small
+    prof 0 r3-swa-alone --model deltanet-swa-small
+    tar czf "$OUT/profile.tgz" -C /tmp prof
+    ;;
+threads)
+    mkdir -p /tmp/threads
+    unset OMP_NUM_THREADS
+    for label in alone-default alone-omp64; do
+        [ $label = alone-omp64 ] && export OMP_NUM_THREADS=64
+        python3 benchmarks/profile_train_step.py --model deltanet-small --label $label --out /tmp/threads \
+            2>&1 | tail -1
+    done
+    unset OMP_NUM_THREADS
+    for gpu in 0 1 2 3; do
+        CUDA_VISIBLE_DEVICES=$gpu python3 benchmarks/profile_train_step.py --model deltanet-small \
+            --label four-default-gpu$gpu --out /tmp/threads 2>&1 | tail -1 &
+    done
+    wait
+    cp /tmp/threads/profile_train_step.jsonl "$OUT/"
+    ;;
+launch)
+    mkdir -p /tmp/compare /tmp/mqar
+    # 8 CPU threads per torch process: one per core (64) in each of several processes made every CPU-side op of
+    # the step ~5x slower (benchmarks/eval_gpu_runs.sh profile, docs/results.md)
+    export OMP_NUM_THREADS=8
+    common="--out /tmp/compare --steps ${LONG_STEPS:-5000} --batch-size 24 --eval-interval 500"
+    setsid nohup python3 -m deltanet eval compare $common --architectures deltanet-swa --gpus 3 \
+        > /tmp/compare/driver-swa.log 2>&1 < /dev/null &
+    setsid nohup python3 -m deltanet eval compare $common --architectures deltanet transformer++ linear-attn \
+        deltanet-global --gpus 0 1 --runs-per-gpu 2 > /tmp/compare/driver-others.log 2>&1 < /dev/null &
+    export OMP_NUM_THREADS=4
+    for run in ${LONG_MQAR:-128:2:1e-3 128:2:2e-3 128:2:5e-4 64:2:1e-3 64:2:5e-4 64:1:1e-3 128:1:1e-3}; do
+        IFS=: read -r dim heads lr <<< "$run"
+        CUDA_VISIBLE_DEVICES=2 setsid nohup python3 -m deltanet eval mqar --models deltanet --dims "$dim" \
+            --heads "$heads" --lrs "$lr" --steps 30000 --batch-size 128 --eval-every 500 --stop-at 0.999 \
+            --time-limit "${LONG_MQAR_SECONDS:-1250}" --out "/tmp/mqar/h$heads" \
+            > "/tmp/mqar/deltanet-$dim-h$heads-$lr.log" 2>&1 < /dev/null &
+    done
+    sleep 60
+    tail -n 3 /tmp/compare/*/log.txt /tmp/compare/driver-*.log /tmp/mqar/*.log
+    ;;
+watch|finish)
+    if [ "$phase" = watch ]; then
+        for _ in $(seq 1 $(( ${2:-300} / 60 ))); do
+            sleep 60
+            echo "== $(date +%T)"
+            for log in /tmp/compare/*/log.txt; do
+                echo "$(basename "$(dirname "$log")"): $(grep -E '^step' "$log" | tail -1)"
+            done
+            for log in /tmp/mqar/*.log; do
+                echo "$(basename "$log"): $(tr '\r' '\n' < "$log" | grep -v '^$' | tail -1 | cut -c1-150)"
+            done
+        done
+    else
+        pkill -TERM -f "deltanet eval compare" || true
+        for _ in $(seq 1 30); do
+            pgrep -f "deltanet train" > /dev/null || break
+            sleep 2
+        done
+        python3 -m deltanet eval compare --out /tmp/compare --report-only
+        for folder in /tmp/mqar/h*; do
+            python3 -m deltanet eval mqar --out "$folder" --report-only
+        done
+    fi
+    mkdir -p /tmp/pack/compare
+    cp -r /tmp/mqar /tmp/pack/
+    cp /tmp/compare/*.log /tmp/compare/results.* /tmp/compare/loss_curves.png /tmp/pack/compare/ 2>/dev/null
+    for run in /tmp/compare/*/; do
+        name=$(basename "$run")
+        cp "$run/metrics.jsonl" "/tmp/pack/compare/$name.metrics.jsonl" 2>/dev/null
+        cp "$run/log.txt" "/tmp/pack/compare/$name.log.txt" 2>/dev/null
+    done
+    tar czf "$OUT/long.tgz" -C /tmp/pack .
+    ;;
 calibrate)
     python3 -m deltanet eval compare --out /tmp/calibrate --architectures deltanet transformer++ linear-attn \
         deltanet-swa --steps 100 --log-interval 20 --eval-interval 0 --eval-rows 16 --compile --gpus 0 1 2 3

@@ -46,6 +46,37 @@ def test_report_compares_where_every_run_was_evaluated(tmp_path):
     assert (tmp_path / "loss_curves.png").stat().st_size > 0
 
 
+def test_report_gives_passes_over_the_text_and_each_runs_lowest_held_out_loss(tmp_path):
+    """Held-out loss falling to a minimum then rising (memorisation); the text starts again after 60K tokens
+    in one run (logged epoch), never in another, and a third has no epoch records (runs from before)."""
+    def with_epochs(run, repeat_after):
+        path = run / "metrics.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()[:-1]]
+        for record in records:
+            if record["split"] == "train":
+                record["epoch"] = 0 if repeat_after is None else record["tokens"] // repeat_after
+        path.write_text("".join(json.dumps(record) + "\n" for record in records))
+
+    def u_shaped(step):  # lowest (1.5) at step 150
+        return 1.5 + abs(step - 150) / 100
+
+    with_epochs(write_run(tmp_path, "deltanet", 200, u_shaped), repeat_after=60_000)
+    with_epochs(write_run(tmp_path, "transformer++", 200, lambda step: 3.0 - step / 1000), repeat_after=None)
+    write_run(tmp_path, "linear-attn", 200, lambda step: 3.5 - step / 1000)
+    lines = {line["architecture"]: line for line in
+             compare.report(tmp_path, ["deltanet", "transformer++", "linear-attn"], "debug")}
+    deltanet = lines["deltanet"]
+    assert deltanet["step"] == 200 and deltanet["valid_bits_per_byte"] == pytest.approx(2.0)
+    assert deltanet["lowest_bits_per_byte"] == pytest.approx(1.5) and deltanet["lowest_at_tokens"] == 150_000
+    assert deltanet["data_passes"] == pytest.approx(200_000 / 60_000)  # first record with epoch 1: 60K
+    assert lines["transformer++"]["data_passes"] == 0.0 and lines["linear-attn"]["data_passes"] is None
+    assert lines["transformer++"]["lowest_at_tokens"] == 200_000
+    table = (tmp_path / "results.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| deltanet |"))
+    assert "| 3.3 | 1.5000 (" in row
+    assert "| < 1 |" in table and "| - |" in table and "memorisation" in table
+
+
 def test_report_without_runs_is_an_error(tmp_path, capsys):
     assert cli.main(["eval", "compare", "--out", str(tmp_path), "--report-only"]) == 2
     err = capsys.readouterr().err.strip()

@@ -359,3 +359,45 @@ def test_compiled_packed_batches_compile_once_per_document_count_bucket(preset):
         if preset == "linear-attn-debug":  # (the Triton interpreter's backward would take minutes)
             loss.backward()
     assert counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.parametrize("omp_set", [False, True])
+def test_gpu_training_caps_host_threads_unless_omp_num_threads_is_set(monkeypatch, omp_set):
+    """On a GPU the trainer's CPU ops are small and one thread per core made them slow; the cap applies to
+    cuda devices only, and OMP_NUM_THREADS overrides it."""
+    from deltanet.train.processes import GPU_HOST_THREADS, limit_host_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(GPU_HOST_THREADS + 4)  # as on a host with more cores than the cap
+        if omp_set:
+            monkeypatch.setenv("OMP_NUM_THREADS", str(GPU_HOST_THREADS + 4))
+        else:
+            monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        limit_host_threads(torch.device("cpu"))
+        assert torch.get_num_threads() == GPU_HOST_THREADS + 4
+        limit_host_threads(torch.device("cuda", 0))
+        assert torch.get_num_threads() == (GPU_HOST_THREADS + 4 if omp_set else GPU_HOST_THREADS)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_second_pass_over_the_training_text_is_logged_and_said(tmp_path):
+    """4 files of 390 bytes, 2 held out: the 12 steps of 4 x 64 bytes read the 780 training bytes ~3.9 times
+    (the first pass ends in step 4); the metrics carry the passes completed, and the log says once that the
+    text repeats."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for index in range(4):
+        (data / f"part{index}.txt").write_text(f"document {index}: " + "abcdefgh " * 42)
+    log = tmp_path / "log.txt"
+    config = build_config({}, {**SMALL, "out_dir": str(tmp_path / "run"), "data": [str(data)],
+                               "valid_percent": 25.0, "log_interval": 1})
+    with open(log, "w") as stdout:
+        train(config, stdout=stdout)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r["epoch"] for r in records if r["split"] == "train"]
+    assert epochs == sorted(epochs) and epochs[0] == 0 and epochs[-1] == 3, epochs
+    assert epochs[2:4] == [0, 1], epochs  # steps 3 and 4
+    said = [line for line in log.read_text().splitlines() if "starts again" in line]
+    assert len(said) == 1 and said[0].startswith("step 4:"), said

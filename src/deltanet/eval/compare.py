@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from deltanet.eval.errors import EvalError
+from deltanet.train.processes import GPU_HOST_THREADS
 
 ARCHITECTURES = ["deltanet", "transformer++", "linear-attn", "deltanet-swa", "deltanet-global"]
 # The settings every run shares, as `deltanet train` options (see `deltanet train --help`)
@@ -100,10 +101,10 @@ def run_all(args: argparse.Namespace, out: Path) -> dict[str, int]:
             env = dict(os.environ)
             if gpu is not None:
                 env["CUDA_VISIBLE_DEVICES"] = gpu
-            # Each torch process would start one CPU thread per core: several runs at once would then fight
-            # over the cores in every CPU-side op (a suspect, not yet measured, for the comparison's 70-78K
-            # tokens/s on H100s that train the 340M model at 145K: docs/results.md).
-            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(lanes))))
+            # A share of the cores each, at most `deltanet train`'s own cap: runs that each took one thread
+            # per core fought over the cores in every CPU-side op, 5-7x slower steps (docs/results.md).
+            share = max(1, (os.cpu_count() or 1) // len(lanes))
+            env.setdefault("OMP_NUM_THREADS", str(min(share, GPU_HOST_THREADS)))
             command = train_command(architecture, args, run_dir, gpu)
             (run_dir / "command.txt").write_text(" ".join(command) + "\n")
             where = f" on GPU {gpu}" if gpu else ""
@@ -186,20 +187,38 @@ def common_valid_step(rows: list[dict]) -> int | None:
     return max(steps) if steps else None
 
 
+def data_passes(train: list[dict], tokens: int) -> float | None:
+    """How many times `tokens` read the training text: tokens / one pass, the pass's length taken from the
+    first train record after the text started again (`epoch` >= 1; so at most one log interval long).
+    0.0: the first pass had not ended by the last record; None: runs from before `epoch` was logged."""
+    if not train or "epoch" not in train[-1]:
+        return None
+    first_repeat = next((r for r in train if r["epoch"] >= 1), None)
+    if first_repeat is None:
+        return 0.0
+    return tokens / first_repeat["tokens"]
+
+
 def summarize(rows: list[dict], size: str) -> tuple[list[dict], int | None]:
-    """One line per run: parameters, the held-out loss and bits per byte at the common step, and the tokens
-    there; -> (lines sorted by bits per byte, the common step)."""
+    """One line per run: parameters, the held-out loss and bits per byte at the common step, the tokens
+    there and how many passes over the training text they were, and the run's lowest held-out bits per byte
+    with its tokens; -> (lines sorted by bits per byte at the common step, the common step)."""
     step = common_valid_step(rows)
     lines = []
     for row in rows:
+        tokens_per_step = row["tokens"] // row["steps"]  # every step trains on the same batch shape
         line = {"architecture": row["architecture"], "parameters": parameters(row["architecture"], size),
                 "steps_trained": row["steps"], "tokens_trained": row["tokens"],
                 "tokens_per_s": row["tokens_per_s"]}
         if step is not None:
             valid = next(r for r in row["valid"] if r["step"] == step)
-            tokens_per_step = row["tokens"] // row["steps"]  # every step trains on the same batch shape
             line.update(step=step, tokens=step * tokens_per_step, valid_loss=valid["loss"],
-                        valid_bits_per_byte=valid["bits_per_byte"])
+                        valid_bits_per_byte=valid["bits_per_byte"],
+                        data_passes=data_passes(row["train"], step * tokens_per_step))
+        if row["valid"]:
+            best = min(row["valid"], key=lambda r: r["bits_per_byte"])
+            line.update(lowest_bits_per_byte=best["bits_per_byte"],
+                        lowest_at_tokens=best["step"] * tokens_per_step)
         lines.append(line)
     lines.sort(key=lambda line: line.get("valid_bits_per_byte", float("inf")))
     return lines, step
@@ -207,16 +226,29 @@ def summarize(rows: list[dict], size: str) -> tuple[list[dict], int | None]:
 
 def format_table(lines: list[dict]) -> str:
     header = ("| architecture | parameters | held-out bits per byte | held-out loss (nats/token) | "
-              "at tokens | trained tokens | tokens/s |")
-    table = [header, "|---|---|---|---|---|---|---|"]
+              "at tokens | passes over the training text | lowest held-out bits per byte (at tokens) | "
+              "trained tokens | tokens/s |")
+    table = [header, "|---|---|---|---|---|---|---|---|---|"]
     for line in lines:
         def cell(key: str, spec: str) -> str:
             return "-" if line.get(key) is None else format(line[key], spec)
 
-        tokens = "-" if line.get("tokens") is None else f"{line['tokens'] / 1e6:.1f}M"
+        def millions(key: str) -> str:
+            return "-" if line.get(key) is None else f"{line[key] / 1e6:.1f}M"
+
+        passes = line.get("data_passes")
+        passes = "-" if passes is None else "< 1" if passes == 0 else f"{passes:.1f}"
+        lowest = ("-" if line.get("lowest_bits_per_byte") is None else
+                  f"{line['lowest_bits_per_byte']:.4f} ({millions('lowest_at_tokens')})")
         table.append(f"| {line['architecture']} | {line['parameters'] / 1e6:.1f}M | "
-                     f"{cell('valid_bits_per_byte', '.4f')} | {cell('valid_loss', '.4f')} | {tokens} | "
-                     f"{line['tokens_trained'] / 1e6:.1f}M | {cell('tokens_per_s', ',.0f')} |")
+                     f"{cell('valid_bits_per_byte', '.4f')} | {cell('valid_loss', '.4f')} | "
+                     f"{millions('tokens')} | {passes} | {lowest} | {millions('tokens_trained')} | "
+                     f"{cell('tokens_per_s', ',.0f')} |")
+    if any((line.get("data_passes") or 0) > 1 for line in lines):
+        table.append("")
+        table.append("The runs read their training text more than once: past its lowest point, held-out loss "
+                     "measures memorisation as much as modelling. A larger --data gives a comparison without "
+                     "repeats.")
     return "\n".join(table)
 
 

@@ -52,6 +52,11 @@ class PackedRows:
         self._encode_tensor = getattr(tokenizer, "encode_tensor", None)
         self.load_state_dict({"epoch": 0, "doc_index": 0, "token_offset": 0, "tokens_read": 0})
 
+    @property
+    def epoch(self) -> int:
+        """Passes over the split completed so far (0 during the first)."""
+        return self._epoch
+
     def state_dict(self) -> dict:
         """Where the next row starts (JSON-able).
 

@@ -50,6 +50,21 @@ class Processes:
             dist.destroy_process_group()
 
 
+# CPU threads of a process that trains on a GPU, unless OMP_NUM_THREADS says otherwise
+GPU_HOST_THREADS = 8
+
+
+def limit_host_threads(device: torch.device) -> None:
+    """Caps torch's CPU threads at GPU_HOST_THREADS on a GPU, unless OMP_NUM_THREADS is set.
+
+    Why: torch starts one thread per core, and the host's share of a GPU step is many small CPU ops
+    (packing rows, document offsets, copies). On a 64-core host each of those paid for its 64 threads:
+    deltanet-small's step took 142 ms alone and 400-450 ms with four runs on the host, against 60 ms with
+    8 threads each (H100s, docs/results.md). The CPU's own training (device cpu) keeps every core."""
+    if device.type == "cuda" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(min(torch.get_num_threads(), GPU_HOST_THREADS))
+
+
 def start_processes(device_name: str) -> Processes:
     """The device ('auto', 'cpu', 'cuda' or 'cuda:N'; under torchrun 'cuda' means the local rank's GPU) and
     the process group when started by torchrun (WORLD_SIZE > 1)."""
@@ -68,6 +83,7 @@ def start_processes(device_name: str) -> Processes:
             raise ConfigError(f"device {device} asked for, but this machine has {torch.cuda.device_count()} "
                               f"GPUs")
         torch.cuda.set_device(device)
+        limit_host_threads(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return Processes(rank, world_size, device)

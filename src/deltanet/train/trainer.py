@@ -239,6 +239,7 @@ class Trainer:
                               shuffle=True, max_document_tokens=config.seq_len if several else None)
             ids, positions = rows.next_rows(config.eval_rows)
             self.valid = (ids, positions, target_bytes(self.tokenizer, ids, positions))
+        self.start_epoch, self.said_repeat = self.train_rows.epoch, False
         self.forward_model = self._wrap_model()
         self.flops_per_token = training_flops_per_token(self.model, self.model_config, config.seq_len)
         self.pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, loss, grad norm) unchecked
@@ -387,6 +388,10 @@ class Trainer:
         """One optimizer step over the global batch's rows (this process's share of them)."""
         config, device = self.config, self.device
         input_ids, position_ids = self.train_rows.next_rows(config.batch_size)
+        if self.train_rows.epoch == 1 and self.start_epoch == 0 and not self.said_repeat:
+            self.said_repeat = True
+            self.say(f"step {step}: the training text starts again (one pass is ~{self.tokens_seen:,} "
+                     f"tokens): from here on, held-out loss can rise as the model memorises it")
         total_targets = counted_targets(position_ids)
         mine = slice(self.procs.rank * self.rows_per_process, (self.procs.rank + 1) * self.rows_per_process)
         input_ids, position_ids = input_ids[mine], position_ids[mine]
@@ -449,7 +454,7 @@ class Trainer:
         window = self.window
         values = {"loss": window["loss_sum"] / max(window["steps"], 1), "lr": self.step_lr,
                   "grad_norm": grad_norm, "tokens_per_s": window["tokens"] / max(window["seconds"], 1e-9),
-                  "tokens": self.tokens_seen}
+                  "tokens": self.tokens_seen, "epoch": self.train_rows.epoch}
         self.metrics.write(step, "train", values)
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{values['loss']:.4f}", tok_s=f"{values['tokens_per_s']:,.0f}",
