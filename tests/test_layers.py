@@ -27,7 +27,7 @@ from deltanet.layers import (
     chunk_linear_attention,
     rotary_cos_sin,
 )
-from deltanet.layers.attention_masks import dense_attention_mask
+from deltanet.layers.attention_masks import dense_attention_mask, packed_block_mask
 
 F64_ATOL = 1e-10  # see the module docstring
 HIDDEN, HEADS, HEAD_DIM = 32, 2, 16
@@ -231,6 +231,65 @@ def test_flex_attention_path_matches_sdpa_path(window):
         warnings.simplefilter("ignore")  # eager FlexAttention warns that it is unfused; fine for a test
         flex_out, sdpa_out = flex_layer(x, info), sdpa_layer(x, info)
     # float32: both compute the same softmax with different blockings; errors ~10 ulps of O(1) values.
+    torch.testing.assert_close(flex_out, sdpa_out, rtol=0, atol=1e-5)
+
+
+def random_documents(seq_len: int, generator: torch.Generator) -> torch.Tensor:
+    """Non-decreasing document ids [seq_len] of random lengths 1..200 (some shorter than a block, some
+    spanning several)."""
+    lengths = torch.randint(1, 200, (seq_len,), generator=generator)
+    ends = lengths.cumsum(0)
+    return torch.searchsorted(ends, torch.arange(seq_len), right=True)
+
+
+@pytest.mark.parametrize("seq_len, window, packed", [
+    (1000, None, True), (1000, 100, True), (1000, 300, False), (700, 130, True), (129, 64, True),
+])
+def test_packed_block_mask_lists_every_allowed_block_and_only_full_blocks_as_full(seq_len, window, packed):
+    """Block by block against the rule on every (query, key) pair: a block with an allowed pair is listed,
+    a block listed as full has every pair allowed (it skips mask_mod), and each full block is listed as
+    such."""
+    generator = torch.Generator().manual_seed(seq_len + (window or 0))
+    documents = random_documents(seq_len, generator) if packed else None
+    allowed = dense_attention_mask(seq_len, 0, window, documents, None, torch.device("cpu"))[0, 0]
+    mask = packed_block_mask(seq_len, window, documents, mask_mod=None, device=torch.device("cpu"),
+                             block_size=128)
+    num_blocks = -(-seq_len // 128)
+
+    def listed(counts, indices):
+        rows = [set(indices[0, 0, q, :counts[0, 0, q]].tolist()) for q in range(num_blocks)]
+        return [[k in row for k in range(num_blocks)] for row in rows]
+
+    partial = listed(mask.kv_num_blocks, mask.kv_indices)
+    full = listed(mask.full_kv_num_blocks, mask.full_kv_indices)
+    for q in range(num_blocks):
+        for k in range(num_blocks):
+            block = allowed[q * 128:(q + 1) * 128, k * 128:(k + 1) * 128]
+            assert not (partial[q][k] and full[q][k]), (q, k)
+            assert full[q][k] == bool(block.all()), (q, k)
+            if block.any():
+                assert partial[q][k] or full[q][k], (q, k)
+    if packed and window is None:  # the documents leave blocks out: the mask is not plain causal
+        assert sum(map(sum, partial)) + sum(map(sum, full)) < num_blocks * (num_blocks + 1) // 2
+
+
+@pytest.mark.parametrize("window", [None, 150])
+def test_flex_attention_over_several_blocks_matches_sdpa(window):
+    """Packed documents over 3 blocks of 128 (the path the GPU trains hybrids with): FlexAttention with
+    the block-bound mask equals SDPA with the dense mask."""
+    torch.manual_seed(0)
+    sdpa_layer = Attention(HIDDEN, HEADS, HEAD_DIM, layer_idx=0, window=window, use_flex=False)
+    flex_layer = Attention(HIDDEN, HEADS, HEAD_DIM, layer_idx=0, window=window, use_flex=True)
+    flex_layer.load_state_dict(sdpa_layer.state_dict())
+    lengths = [90, 200, 1, 37, 12]  # 340 tokens: documents across block bounds, one inside a block
+    x = torch.randn(1, sum(lengths), HIDDEN)
+    info = SequenceInfo(positions=torch.zeros(1, sum(lengths), dtype=torch.long),
+                        cu_seqlens=torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()]))
+    info.positions = info.document_layout()[1][None]
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        flex_out, sdpa_out = flex_layer(x, info), sdpa_layer(x, info)
+    # float32, as test_flex_attention_path_matches_sdpa_path
     torch.testing.assert_close(flex_out, sdpa_out, rtol=0, atol=1e-5)
 
 
