@@ -49,6 +49,38 @@ def test_stdlib_corpus():
     assert any("def " in document or "import " in document for _, document in first)
 
 
+def test_site_packages_corpus_reads_the_installed_packages_py_files(tmp_path, monkeypatch):
+    """A fake purelib/platlib pair: .py files of both (a file in both roots once per root), no caches,
+    hidden folders or other files; names prefixed site-packages/, split by name as every file source."""
+    import sysconfig
+
+    purelib, platlib = tmp_path / "purelib", tmp_path / "platlib"
+    texts = {f"pkg{i}/mod{j}.py": f"value = {i * 10 + j}\n" for i in range(6) for j in range(5)}
+    texts |= {"pkg0/__pycache__/mod0.cpython-312.py": "cache = 1\n", ".hidden/x.py": "hidden = 1\n",
+              "pkg0/data.json": "{}", "pkg0-1.0.dist-info/METADATA": "Name: pkg0\n"}
+    write_texts(purelib, texts)
+    write_texts(platlib, {"compiled/ext.py": "ext = 1\n"})
+    real = sysconfig.get_paths()
+    monkeypatch.setattr(sysconfig, "get_paths",
+                        lambda *a, **k: {**real, "purelib": str(purelib), "platlib": str(platlib)})
+    corpus = open_corpus(["site-packages"], valid_percent=20.0)
+    names = corpus.unit_names("train") + corpus.unit_names("valid")
+    expected = {f"site-packages/pkg{i}/mod{j}.py" for i in range(6) for j in range(5)}
+    assert set(names) == expected | {"site-packages/compiled/ext.py"} and len(names) == 31
+    assert corpus.num_units("valid") > 0
+    assert corpus.unit_names("valid") == [name for name in sorted(names) if held_out(name, 20.0)]
+    text_of = {f"site-packages/{name}": text for name, text in texts.items()}
+    text_of["site-packages/compiled/ext.py"] = "ext = 1\n"
+    assert sorted(corpus.documents("train")) == sorted(text_of[name] for name in corpus.unit_names("train"))
+
+    monkeypatch.setattr(sysconfig, "get_paths",
+                        lambda *a, **k: {**real, "purelib": str(tmp_path / "none"),
+                                         "platlib": str(tmp_path / "none")})
+    with pytest.raises(DataError, match="site-packages: no .py files") as error:
+        open_corpus(["site-packages"])
+    assert_one_line(error)
+
+
 def test_directory_of_text_files_held_out_by_file(tmp_path):
     texts = {f"doc_{i:02d}.txt": f"document {i}\n" for i in range(20)}
     texts |= {f"nested/more_{i}.md": f"nested {i}" for i in range(10)}

@@ -240,9 +240,9 @@ def document_tokens(corpus: Corpus, split: str, tokenizer, max_documents: int | 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_argument(parser)
     parser.add_argument("--data", nargs="+", metavar="SOURCE",
-                        help="the text, as `deltanet train --data`: 'stdlib', files or folders (.txt and "
-                        "other text, .jsonl, .parquet), 'hf:NAME[:CONFIG]' (default: the run's data, for a "
-                        "checkpoint of `deltanet train`)")
+                        help="the text, as `deltanet train --data`: 'stdlib', 'site-packages', files or "
+                        "folders (.txt and other text, .jsonl, .parquet), 'hf:NAME[:CONFIG]' (default: the "
+                        "run's data, for a checkpoint of `deltanet train`)")
     parser.add_argument("--split", choices=SPLITS, default="valid",
                         help="valid: the held-out split, chosen as in training; train: the rest; all: every "
                         "document, nothing held out (default: valid)")
