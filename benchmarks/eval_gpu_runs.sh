@@ -4,9 +4,11 @@
 #   bash benchmarks/eval_gpu_runs.sh profile     where the small models' training step goes (eager, compiled,
 #                                                packed or one long document, default or 8 threads, alone)
 #   bash benchmarks/eval_gpu_runs.sh launch      the long runs in the background (setsid, so they outlive the
-#                                                call): the comparison (LONG_STEPS steps of 24 rows; the
-#                                                sliding-window hybrid alone on GPU 3, the others two per GPU on
-#                                                0 and 1) and MQAR's DeltaNet runs on GPU 2 (LONG_MQAR_SECONDS)
+#                                                call): the comparison (LONG_STEPS steps of 24 rows of
+#                                                LONG_DATA; the sliding-window hybrid alone on GPU 3, the
+#                                                others two per GPU on 0 and 1) and MQAR's DeltaNet runs on
+#                                                GPU 2 (LONG_MQAR:
+#                                                "dim:heads:lr ...", LONG_MQAR_STEPS, LONG_MQAR_SECONDS)
 #   bash benchmarks/eval_gpu_runs.sh watch S     print their progress for S seconds, then pack what exists
 #   bash benchmarks/eval_gpu_runs.sh finish      stop the comparison (checkpoints), make both tables, pack
 #   bash benchmarks/eval_gpu_runs.sh threads     the trainer's CPU-thread cap checked: one run alone with the
@@ -74,6 +76,7 @@ launch)
     # the step ~5x slower (benchmarks/eval_gpu_runs.sh profile, docs/results.md)
     export OMP_NUM_THREADS=8
     common="--out /tmp/compare --steps ${LONG_STEPS:-5000} --batch-size 24 --eval-interval 500"
+    common="$common --data ${LONG_DATA:-stdlib}"  # site-packages: ~25x the text, no repeats at 250M tokens
     setsid nohup python3 -m deltanet eval compare $common --architectures deltanet-swa --gpus 3 \
         > /tmp/compare/driver-swa.log 2>&1 < /dev/null &
     setsid nohup python3 -m deltanet eval compare $common --architectures deltanet transformer++ linear-attn \
@@ -82,7 +85,7 @@ launch)
     for run in ${LONG_MQAR:-128:2:1e-3 128:2:2e-3 128:2:5e-4 64:2:1e-3 64:2:5e-4 64:1:1e-3 128:1:1e-3}; do
         IFS=: read -r dim heads lr <<< "$run"
         CUDA_VISIBLE_DEVICES=2 setsid nohup python3 -m deltanet eval mqar --models deltanet --dims "$dim" \
-            --heads "$heads" --lrs "$lr" --steps 30000 --batch-size 128 --eval-every 500 --stop-at 0.999 \
+            --heads "$heads" --lrs "$lr" --steps "${LONG_MQAR_STEPS:-30000}" --batch-size 128 --eval-every 500 --stop-at 0.999 \
             --time-limit "${LONG_MQAR_SECONDS:-1250}" --out "/tmp/mqar/h$heads" \
             > "/tmp/mqar/deltanet-$dim-h$heads-$lr.log" 2>&1 < /dev/null &
     done
