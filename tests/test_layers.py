@@ -234,23 +234,25 @@ def test_flex_attention_path_matches_sdpa_path(window):
     torch.testing.assert_close(flex_out, sdpa_out, rtol=0, atol=1e-5)
 
 
-def random_documents(seq_len: int, generator: torch.Generator) -> torch.Tensor:
-    """Non-decreasing document ids [seq_len] of random lengths 1..200 (some shorter than a block, some
+def random_documents(seq_len: int, generator: torch.Generator, longest: int = 200) -> torch.Tensor:
+    """Non-decreasing document ids [seq_len] of random lengths 1..longest (some shorter than a block, some
     spanning several)."""
-    lengths = torch.randint(1, 200, (seq_len,), generator=generator)
+    lengths = torch.randint(1, longest, (seq_len,), generator=generator)
     ends = lengths.cumsum(0)
     return torch.searchsorted(ends, torch.arange(seq_len), right=True)
 
 
-@pytest.mark.parametrize("seq_len, window, packed", [
-    (1000, None, True), (1000, 100, True), (1000, 300, False), (700, 130, True), (129, 64, True),
+@pytest.mark.parametrize("seq_len, window, longest", [
+    (1000, None, 200), (1000, 100, 200), (1000, 300, None), (700, 130, 200), (129, 64, 200),
+    (1500, None, 700),
 ])
-def test_packed_block_mask_lists_every_allowed_block_and_only_full_blocks_as_full(seq_len, window, packed):
+def test_packed_block_mask_lists_every_allowed_block_and_only_full_blocks_as_full(seq_len, window, longest):
     """Block by block against the rule on every (query, key) pair: a block with an allowed pair is listed,
     a block listed as full has every pair allowed (it skips mask_mod), and each full block is listed as
-    such."""
+    such. Documents up to `longest` tokens (700: full blocks off the diagonal), or None: one document."""
     generator = torch.Generator().manual_seed(seq_len + (window or 0))
-    documents = random_documents(seq_len, generator) if packed else None
+    packed = longest is not None
+    documents = random_documents(seq_len, generator, longest) if packed else None
     allowed = dense_attention_mask(seq_len, 0, window, documents, None, torch.device("cpu"))[0, 0]
     mask = packed_block_mask(seq_len, window, documents, mask_mod=None, device=torch.device("cpu"),
                              block_size=128)
@@ -271,12 +273,16 @@ def test_packed_block_mask_lists_every_allowed_block_and_only_full_blocks_as_ful
                 assert partial[q][k] or full[q][k], (q, k)
     if packed and window is None:  # the documents leave blocks out: the mask is not plain causal
         assert sum(map(sum, partial)) + sum(map(sum, full)) < num_blocks * (num_blocks + 1) // 2
+    if longest == 700:  # some document covers two whole blocks: a full block below the diagonal
+        assert any(full[q][k] for q in range(num_blocks) for k in range(q))
 
 
 @pytest.mark.parametrize("window", [None, 150])
 def test_flex_attention_over_several_blocks_matches_sdpa(window):
-    """Packed documents over 3 blocks of 128 (the path the GPU trains hybrids with): FlexAttention with
-    the block-bound mask equals SDPA with the dense mask."""
+    """Packed documents over 3 blocks of 128: the layer's FlexAttention path builds and takes the
+    block-bound mask and equals SDPA with the dense mask. (On the CPU, eager FlexAttention applies mask_mod
+    to every pair whatever the block lists say: the lists themselves are checked by the test above; on a
+    GPU the compiled kernel skips unlisted blocks.)"""
     torch.manual_seed(0)
     sdpa_layer = Attention(HIDDEN, HEADS, HEAD_DIM, layer_idx=0, window=window, use_flex=False)
     flex_layer = Attention(HIDDEN, HEADS, HEAD_DIM, layer_idx=0, window=window, use_flex=True)

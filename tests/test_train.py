@@ -401,3 +401,19 @@ def test_a_second_pass_over_the_training_text_is_logged_and_said(tmp_path):
     assert epochs[2:4] == [0, 1], epochs  # steps 3 and 4
     said = [line for line in log.read_text().splitlines() if "starts again" in line]
     assert len(said) == 1 and said[0].startswith("step 4:"), said
+    assert "at most 1,024 tokens" in said[0]  # 4 steps of 256 read; one pass is 780
+
+
+def test_a_step_that_reads_the_text_several_times_says_so_too(tmp_path):
+    """One 100-byte training file, 4 x 64 bytes per step: the first step already reads it 2.56 times."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("x" * 100)
+    (data / "b.txt").write_text("held out " * 5)
+    log = tmp_path / "log.txt"
+    config = build_config({}, {**SMALL, "out_dir": str(tmp_path / "run"), "data": [str(data)],
+                               "valid_percent": 50.0, "steps": 2})
+    with open(log, "w") as stdout:
+        train(config, stdout=stdout)
+    said = [line for line in log.read_text().splitlines() if "starts again" in line]
+    assert len(said) == 1 and said[0].startswith("step 1:") and "at most 128 tokens" in said[0], said

@@ -50,8 +50,9 @@ def test_stdlib_corpus():
 
 
 def test_site_packages_corpus_reads_the_installed_packages_py_files(tmp_path, monkeypatch):
-    """A fake purelib/platlib pair: .py files of both (a file in both roots once per root), no caches,
-    hidden folders or other files; names prefixed site-packages/, split by name as every file source."""
+    """A fake purelib/platlib pair: .py files of both, no caches, hidden folders or other files; names
+    prefixed site-packages/, split by name as every file source; a platlib that links to purelib (lib64 ->
+    lib) is read once."""
     import sysconfig
 
     purelib, platlib = tmp_path / "purelib", tmp_path / "platlib"
@@ -72,6 +73,13 @@ def test_site_packages_corpus_reads_the_installed_packages_py_files(tmp_path, mo
     text_of = {f"site-packages/{name}": text for name, text in texts.items()}
     text_of["site-packages/compiled/ext.py"] = "ext = 1\n"
     assert sorted(corpus.documents("train")) == sorted(text_of[name] for name in corpus.unit_names("train"))
+
+    linked = tmp_path / "lib64"
+    linked.symlink_to(purelib)
+    monkeypatch.setattr(sysconfig, "get_paths",
+                        lambda *a, **k: {**real, "purelib": str(purelib), "platlib": str(linked)})
+    once = open_corpus(["site-packages"], valid_percent=20.0)
+    assert sorted(once.unit_names("train") + once.unit_names("valid")) == sorted(expected)
 
     monkeypatch.setattr(sysconfig, "get_paths",
                         lambda *a, **k: {**real, "purelib": str(tmp_path / "none"),

@@ -101,10 +101,10 @@ def run_all(args: argparse.Namespace, out: Path) -> dict[str, int]:
             env = dict(os.environ)
             if gpu is not None:
                 env["CUDA_VISIBLE_DEVICES"] = gpu
-            # A share of the cores each, at most `deltanet train`'s own cap: runs that each took one thread
-            # per core fought over the cores in every CPU-side op, 5-7x slower steps (docs/results.md).
+            # A share of the cores each; on a GPU at most `deltanet train`'s own cap: runs that each took one
+            # thread per core fought over the cores in every CPU-side op: ~7x slower steps (docs/results.md).
             share = max(1, (os.cpu_count() or 1) // len(lanes))
-            env.setdefault("OMP_NUM_THREADS", str(min(share, GPU_HOST_THREADS)))
+            env.setdefault("OMP_NUM_THREADS", str(share if gpu is None else min(share, GPU_HOST_THREADS)))
             command = train_command(architecture, args, run_dir, gpu)
             (run_dir / "command.txt").write_text(" ".join(command) + "\n")
             where = f" on GPU {gpu}" if gpu else ""
@@ -188,15 +188,22 @@ def common_valid_step(rows: list[dict]) -> int | None:
 
 
 def data_passes(train: list[dict], tokens: int) -> float | None:
-    """How many times `tokens` read the training text: tokens / one pass, the pass's length taken from the
-    first train record after the text started again (`epoch` >= 1; so at most one log interval long).
-    0.0: the first pass had not ended by the last record; None: runs from before `epoch` was logged."""
-    if not train or "epoch" not in train[-1]:
+    """How many times `tokens` read the training text, from the `epoch` (passes completed) of the train
+    records: the first pass ended between the last record before `epoch` first grew and the first after,
+    taken as their midpoint (to within half a log interval; a jump of several passes in one interval is
+    shared out; records that start past the first pass, from a resumed run, give a rougher estimate).
+    0.0: the first pass had not ended by the last record; None: no record has `epoch` (runs from before it
+    was logged)."""
+    records = [r for r in train if "epoch" in r]
+    if not records:
         return None
-    first_repeat = next((r for r in train if r["epoch"] >= 1), None)
-    if first_repeat is None:
-        return 0.0
-    return tokens / first_repeat["tokens"]
+    if records[0]["epoch"] > 0:  # a run resumed after the field appeared, past its first pass
+        return tokens / (records[0]["tokens"] / (records[0]["epoch"] + 0.5))
+    for before, after in zip(records, records[1:]):
+        if after["epoch"] > before["epoch"]:
+            first_pass = (before["tokens"] + after["tokens"]) / 2 / after["epoch"]
+            return tokens / first_pass
+    return 0.0
 
 
 def summarize(rows: list[dict], size: str) -> tuple[list[dict], int | None]:

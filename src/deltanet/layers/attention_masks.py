@@ -78,7 +78,7 @@ def flex_block_mask(
 
     Without padding the blocks are classified from block bounds (packed_block_mask); create_block_mask
     would evaluate the rule on all T x T pairs, which for a packed batch of 24 x 2048 tokens asked for 18 GiB
-    (an H100 run of deltanet-global ran out of memory) and was ~40% of deltanet-swa-small's GPU time."""
+    (an H100 run of deltanet-global ran out of memory) and was a third of deltanet-swa-small's GPU time."""
     def mask_mod(batch, head, query_index, key_index):
         allowed = key_index <= query_index
         if window is not None:

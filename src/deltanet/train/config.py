@@ -38,9 +38,10 @@ class TrainConfig:
         "vocab_size defaults to the tokenizer's")
     # data
     data: list[str] = _opt(["stdlib"], "training text: 'stdlib' (this Python's standard library source, the "
-                      "default), 'site-packages' (the .py files of its installed packages: far more text, "
-                      "no download), local files or directories (.txt and other text, .jsonl, .parquet), "
-                      "or 'hf:NAME[:CONFIG]' (a Hugging Face dataset, streamed); several may be given")
+                      "default), 'site-packages' (the .py files of its installed packages: usually far "
+                      "more text, no download), local files or directories (.txt and other text, .jsonl, "
+                      ".parquet), or 'hf:NAME[:CONFIG]' (a Hugging Face dataset, streamed); several may be "
+                      "given")
     text_field: str = _opt("text", "the text's field in .jsonl, .parquet and Hugging Face datasets")
     tokenizer: str = _opt("bytes", "'bytes' (UTF-8 bytes, vocabulary 256) or a Hugging Face tokenizer (a hub "
                           "name or a local path, through AutoTokenizer)")

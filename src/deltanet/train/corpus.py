@@ -294,12 +294,14 @@ def _stdlib_units() -> list[_TextFile]:
 
 def _site_packages_units() -> list[_TextFile]:
     """The .py files of the running Python's installed packages (its purelib and platlib folders), named
-    site-packages/<relative path>, sorted: hundreds of MB on a machine with torch, without a download."""
+    site-packages/<relative path>, sorted: tens to hundreds of MB, without a download. Installing or removing
+    packages changes the corpus and its held-out split."""
     paths = sysconfig.get_paths()
     units = []
-    for root in sorted({paths["purelib"], paths["platlib"]}):
-        if Path(root).is_dir():
-            files = _walk_files(Path(root), lambda name: name == "__pycache__" or name.startswith("."),
+    # one root when platlib is purelib or a link to it (lib64 -> lib in some venvs)
+    for root in sorted({Path(paths["purelib"]).resolve(), Path(paths["platlib"]).resolve()}):
+        if root.is_dir():
+            files = _walk_files(root, lambda name: name == "__pycache__" or name.startswith("."),
                                 lambda name: name.endswith(".py"))
             units += [_TextFile(path, f"site-packages/{name}") for name, path in files]
     if not units:

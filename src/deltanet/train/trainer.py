@@ -388,10 +388,12 @@ class Trainer:
         """One optimizer step over the global batch's rows (this process's share of them)."""
         config, device = self.config, self.device
         input_ids, position_ids = self.train_rows.next_rows(config.batch_size)
-        if self.train_rows.epoch == 1 and self.start_epoch == 0 and not self.said_repeat:
+        if self.train_rows.epoch > 0 and self.start_epoch == 0 and not self.said_repeat:
             self.said_repeat = True
-            self.say(f"step {step}: the training text starts again (one pass is ~{self.tokens_seen:,} "
-                     f"tokens): from here on, held-out loss can rise as the model memorises it")
+            read = self.tokens_seen + config.batch_size * config.seq_len  # with this step's rows
+            self.say(f"step {step}: the training text starts again (one pass is at most "
+                     f"{read // self.train_rows.epoch:,} tokens): from here on, held-out loss can rise as "
+                     f"the model memorises it")
         total_targets = counted_targets(position_ids)
         mine = slice(self.procs.rank * self.rows_per_process, (self.procs.rank + 1) * self.rows_per_process)
         input_ids, position_ids = input_ids[mine], position_ids[mine]
