@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -131,15 +132,22 @@ def test_runs_spread_over_lanes_and_failures_are_reported(tmp_path, monkeypatch,
               "open(os.path.join(out, 'metrics.jsonl'), 'w').write(json.dumps({'step': 50, 'split': 'train', "
               "'loss': 1.0, 'tokens_per_s': 10.0, 'tokens': 500}) + '\\n' + json.dumps({'step': 50, "
               "'split': 'valid', 'loss': 1.0, 'bits_per_byte': 1.5}) + '\\n'); "
-              "print(os.environ.get('CUDA_VISIBLE_DEVICES')); sys.exit(3 if name == 'linear-attn' else 0)")
+              "print(os.environ.get('CUDA_VISIBLE_DEVICES'), os.environ.get('OMP_NUM_THREADS')); "
+              "sys.exit(3 if name == 'linear-attn' else 0)")
     monkeypatch.setattr(compare, "train_command",
                         lambda arch, args, out, gpu=None: [sys.executable, "-c", script, str(out)])
     monkeypatch.setattr(compare, "visible_gpus", lambda: ["0", "5"])
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # a GPU host's cores: more than the cap
     status = cli.main(["eval", "compare", "--out", str(tmp_path), "--size", "debug", "--gpus", "5",
                        "--runs-per-gpu", "2", "--architectures", "deltanet", "linear-attn", "transformer++"])
     assert status == 1
     captured = capsys.readouterr()
     assert "linear-attn" in captured.err and "failed" in captured.err
-    for name in ("deltanet", "linear-attn", "transformer++"):
-        assert (tmp_path / name / "log.txt").read_text().strip() == "5"
+    for name in ("deltanet", "linear-attn", "transformer++"):  # a share of the cores, at most 8 on a GPU
+        assert (tmp_path / name / "log.txt").read_text().split() == ["5", "8"]
     assert "| transformer++ |" in (tmp_path / "results.md").read_text()
+    # no GPU (--gpus with none): one run at a time on the CPU, with every core
+    cli.main(["eval", "compare", "--out", str(tmp_path / "cpu"), "--size", "debug", "--gpus",
+              "--architectures", "deltanet"])
+    assert (tmp_path / "cpu" / "deltanet" / "log.txt").read_text().split() == ["None", "64"]

@@ -40,8 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"architectures to train (default: {' '.join(ARCHITECTURES)})")
     parser.add_argument("--size", default="small", help="preset size of every model (default: small, ~27M "
                         "parameters; see deltanet.models.presets)")
-    parser.add_argument("--data", nargs="+", default=["stdlib"], metavar="SOURCE",
-                        help="training text, as `deltanet train --data` (default: stdlib)")
+    parser.add_argument("--data", nargs="+", default=["site-packages"], metavar="SOURCE",
+                        help="training text, as `deltanet train --data` (default: site-packages, this "
+                        "Python's installed packages' .py files: the default run's ~200M tokens would read "
+                        "stdlib's 10-30 MB many times over, and the models would memorise it)")
     for name, value in DEFAULT_SETTINGS.items():
         flag = "--" + name.replace("_", "-")
         parser.add_argument(flag, type=type(value), default=value,
