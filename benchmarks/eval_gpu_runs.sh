@@ -166,7 +166,7 @@ bench)
 compare)
     # eager, as measured on 2026-11-27 (linear attention did not compile then; fixed since: --compile is open)
     timeout "${COMPARE_SECONDS:-480}" python3 -m deltanet eval compare --out /tmp/compare \
-        --steps "${COMPARE_STEPS:-1000}" --batch-size "${COMPARE_BATCH:-24}" --eval-interval 250 \
+        --steps "${COMPARE_STEPS:-1000}" --batch-size "${COMPARE_BATCH:-24}" --eval-interval 250 --data stdlib \
         --gpus 0 1 2 3 --runs-per-gpu 2
     python3 -m deltanet eval compare --out /tmp/compare --report-only
     mkdir -p /tmp/pack/compare
