@@ -139,3 +139,18 @@ def test_a_diverged_run_is_marked_and_the_next_one_goes_on():
     assert "diverged" in mqar.format_table([row])
     healthy = mqar.train_one("transformer++", 16, 1e-3, task, settings, 2, torch.device("cpu"), test_set)
     assert not healthy["diverged"] and healthy["steps"] == 6
+
+
+def test_table_keeps_head_counts_apart():
+    """Rows of one model at two head counts (one results.jsonl shared by runs with --heads 1 and 2): one
+    table line per head count, each with its best rate, rather than the best of both under one name."""
+    def row(heads, dim, lr, accuracy):
+        return {"model": "deltanet", "heads": heads, "dim": dim, "lr": lr, "steps": 100,
+                "test_accuracy": accuracy}
+
+    rows = [row(2, 64, 1e-3, 0.63), row(2, 64, 5e-4, 0.59), row(1, 64, 1e-3, 0.72), row(2, 128, 2e-3, 0.58)]
+    lines = mqar.format_table(rows).splitlines()
+    assert lines[2] == "| deltanet, 2 heads | 63.0% (lr 0.001, 100 steps) | 58.0% (lr 0.002, 100 steps) |"
+    assert lines[3] == "| deltanet, 1 head | 72.0% (lr 0.001, 100 steps) |  |"
+    one_count = mqar.format_table(rows[:2])  # a single head count: the plain model name
+    assert one_count.splitlines()[2].startswith("| deltanet | 63.0% (lr 0.001")

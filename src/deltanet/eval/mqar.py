@@ -238,21 +238,30 @@ def train_one(architecture: str, width: int, lr: float, task: MQARTask, settings
     }
 
 
+def run_label(row: dict, several_heads: bool) -> str:
+    """The table's name of a row's model: with its head count when the rows have several."""
+    heads = row.get("heads", 2)  # rows from before heads were recorded used the default
+    return f"{row['model']}, {heads} head{'s' if heads != 1 else ''}" if several_heads else row["model"]
+
+
 def best_rows(rows: list[dict]) -> list[dict]:
-    """The row of the best learning rate (by final test accuracy) for each (model, dim), in input order."""
+    """The row of the best learning rate (by final test accuracy) for each (model, heads, dim), in input
+    order."""
     best: dict[tuple, dict] = {}
     for row in rows:
-        key = (row["model"], row["dim"])
+        key = (row["model"], row.get("heads", 2), row["dim"])
         if key not in best or row["test_accuracy"] > best[key]["test_accuracy"]:
             best[key] = row
     return list(best.values())
 
 
 def format_table(rows: list[dict]) -> str:
-    """Accuracy of each model (rows) at each width (columns), the best learning rate's."""
+    """Accuracy of each model (rows; one per head count when the rows have several) at each width
+    (columns), the best learning rate's."""
     dims = sorted({row["dim"] for row in rows})
-    models = list(dict.fromkeys(row["model"] for row in rows))
-    by_key = {(row["model"], row["dim"]): row for row in best_rows(rows)}
+    several_heads = len({row.get("heads", 2) for row in rows}) > 1
+    models = list(dict.fromkeys(run_label(row, several_heads) for row in rows))
+    by_key = {(run_label(row, several_heads), row["dim"]): row for row in best_rows(rows)}
     lines = ["| model | " + " | ".join(f"d={d}" for d in dims) + " |", "|---|" + "---|" * len(dims)]
     for model in models:
         cells = []
