@@ -7,8 +7,8 @@
 #                                                call): the comparison (LONG_STEPS steps of 24 rows of
 #                                                LONG_DATA; the sliding-window hybrid alone on GPU 3, the
 #                                                others two per GPU on 0 and 1) and MQAR's DeltaNet runs on
-#                                                GPU 2 (LONG_MQAR:
-#                                                "dim:heads:lr ...", LONG_MQAR_STEPS, LONG_MQAR_SECONDS)
+#                                                LONG_MQAR_GPUS (default 2; LONG_MQAR: "dim:heads:lr ...",
+#                                                LONG_MQAR_STEPS, LONG_MQAR_SECONDS)
 #   bash benchmarks/eval_gpu_runs.sh watch S     print their progress for S seconds, then pack what exists
 #   bash benchmarks/eval_gpu_runs.sh finish      stop the comparison (checkpoints), make both tables, pack
 #   bash benchmarks/eval_gpu_runs.sh threads     the trainer's CPU-thread cap checked: one run alone with the
@@ -82,9 +82,13 @@ launch)
     setsid nohup python3 -m deltanet eval compare $common --architectures deltanet transformer++ linear-attn \
         deltanet-global --gpus 0 1 --runs-per-gpu 2 > /tmp/compare/driver-others.log 2>&1 < /dev/null &
     export OMP_NUM_THREADS=4
+    read -r -a mqar_gpus <<< "${LONG_MQAR_GPUS:-2}"
+    index=0
     for run in ${LONG_MQAR:-128:2:1e-3 128:2:2e-3 128:2:5e-4 64:2:1e-3 64:2:5e-4 64:1:1e-3 128:1:1e-3}; do
         IFS=: read -r dim heads lr <<< "$run"
-        CUDA_VISIBLE_DEVICES=2 setsid nohup python3 -m deltanet eval mqar --models deltanet --dims "$dim" \
+        gpu=${mqar_gpus[$((index % ${#mqar_gpus[@]}))]}
+        index=$((index + 1))
+        CUDA_VISIBLE_DEVICES=$gpu setsid nohup python3 -m deltanet eval mqar --models deltanet --dims "$dim" \
             --heads "$heads" --lrs "$lr" --steps "${LONG_MQAR_STEPS:-30000}" --batch-size 128 --eval-every 500 --stop-at 0.999 \
             --time-limit "${LONG_MQAR_SECONDS:-1250}" --out "/tmp/mqar/h$heads" \
             > "/tmp/mqar/deltanet-$dim-h$heads-$lr.log" 2>&1 < /dev/null &
