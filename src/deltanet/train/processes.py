@@ -59,8 +59,9 @@ def limit_host_threads(device: torch.device) -> None:
 
     Why: torch starts one thread per core, and the host's share of a GPU step is many small CPU ops
     (packing rows, document offsets, copies). On a 64-core host each of those paid for its 64 threads:
-    deltanet-small's step took 142 ms alone and 400-450 ms with four runs on the host, against 60 ms with
-    8 threads each (H100s, docs/results.md). The CPU's own training (device cpu) keeps every core."""
+    deltanet-small's step took 126-142 ms alone and ~400 ms with four runs on the host, against 54 ms alone
+    and 48-60 ms with four with 8 threads each (H100s, docs/results.md). Training on the CPU (device cpu)
+    keeps every core."""
     if device.type == "cuda" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(min(torch.get_num_threads(), GPU_HOST_THREADS))
 
