@@ -57,6 +57,25 @@ def test_scored_logits_are_the_full_forward_at_the_queries():
     assert torch.equal(answers, targets[mask])
 
 
+def test_scored_logits_with_a_known_count_per_row_match_boolean_indexing_and_their_gradients():
+    """per_row (the training loop's path, with no read-back from the device) picks the same positions in
+    the same order: equal logits, answers, loss and gradients."""
+    task = mqar.MQARTask(seq_len=48, num_kv_pairs=6, vocab_size=64)
+    model = DeltaNetForCausalLM(mqar.model_config("deltanet", 32, 2, task)).double()
+    inputs, targets = mqar.make_examples(task, 5, torch.Generator().manual_seed(3))
+    results = []
+    for per_row in (None, task.num_kv_pairs):
+        model.zero_grad()
+        logits, answers = mqar.scored_logits(model, inputs, targets, per_row=per_row)
+        torch.nn.functional.cross_entropy(logits, answers).backward()
+        results.append((logits.detach(), answers, [p.grad.clone() for p in model.parameters()]))
+    (by_mask, answers_mask, grads_mask), (by_count, answers_count, grads_count) = results
+    assert by_count.shape == (5 * 6, 64) and torch.equal(answers_count, answers_mask)
+    torch.testing.assert_close(by_count, by_mask, rtol=0, atol=0)
+    for grad_count, grad_mask in zip(grads_count, grads_mask):
+        torch.testing.assert_close(grad_count, grad_mask, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("bad", [
     dict(seq_len=30, num_kv_pairs=8),  # 4P > T
     dict(num_kv_pairs=0),

@@ -111,12 +111,22 @@ def model_config(architecture: str, width: int, num_heads: int, task: MQARTask, 
                           num_heads=num_heads, head_dim=width // num_heads, **ARCHITECTURES[architecture])
 
 
-def scored_logits(model, input_ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits [M, vocab], targets [M]) at the M scored positions only: the output layer never sees the
-    other positions (at T = 512, vocabulary 8192, full logits would be 8x the memory of the whole model)."""
+def scored_logits(model, input_ids: torch.Tensor, targets: torch.Tensor, per_row: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [M, vocab], targets [M]) at the M scored positions only, in row-major order: the output
+    layer never sees the other positions (at T = 512, vocabulary 8192, full logits would be 8x the memory
+    of the whole model).
+
+    per_row: the number of scored positions in every row (make_examples' P), when known: the positions are
+    then found without reading anything back from the device (boolean indexing has a data-dependent size,
+    so on a GPU the host would wait for the forward pass in every training step)."""
     hidden = model.model(input_ids=input_ids, use_cache=False).last_hidden_state  # [N, T, D]
     scored = targets != IGNORE
-    return model.lm_head(hidden[scored]), targets[scored]
+    if per_row is None:
+        return model.lm_head(hidden[scored]), targets[scored]
+    positions = torch.argsort((~scored).to(torch.int8), dim=1, stable=True)[:, :per_row]  # [N, P], ascending
+    picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))  # [N, P, D]
+    return model.lm_head(picked.flatten(0, 1)), targets.gather(1, positions).flatten()
 
 
 @torch.no_grad()
@@ -203,7 +213,7 @@ def train_one(architecture: str, width: int, lr: float, task: MQARTask, settings
         examples = max(1, settings.batch_size * task.seq_len // step_task.seq_len)
         inputs, targets = make_examples(step_task, examples, generator, device)
         with autocast():
-            logits, answers = scored_logits(model, inputs, targets)
+            logits, answers = scored_logits(model, inputs, targets, per_row=step_task.num_kv_pairs)
         loss = F.cross_entropy(logits.float(), answers)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
