@@ -20,6 +20,12 @@
 #   bash benchmarks/eval_gpu_runs.sh compare     the language-modelling comparison: COMPARE_STEPS steps of
 #                                                COMPARE_BATCH rows of 2048 bytes, 2 runs on GPU 0, then a
 #                                                table of what finished within COMPARE_SECONDS
+#
+# Long runs through the device tool (a call lasts at most 10 minutes; the machine goes back after 30 s idle
+# and after 30 minutes held): first call `SAVE_CACHES=0 bash benchmarks/device_run.sh 585 "bash
+# benchmarks/eval_gpu_runs.sh launch && bash benchmarks/eval_gpu_runs.sh watch 480"`, then at once
+# `PYTHONPATH=src bash benchmarks/eval_gpu_runs.sh watch 540`, then `... finish`. Each call returns what exists
+# so far (long.tgz), so a machine lost between calls loses only the runs' remainder.
 set -u
 phase=$1
 OUT=${OUT:-/tmp/out}
