@@ -248,9 +248,14 @@ def train_one(architecture: str, width: int, lr: float, task: MQARTask, settings
     }
 
 
+def row_heads(row: dict) -> int:
+    """A row's heads per layer (rows from before heads were recorded used the default, 2)."""
+    return row.get("heads", 2)
+
+
 def run_label(row: dict, several_heads: bool) -> str:
     """The table's name of a row's model: with its head count when the rows have several."""
-    heads = row.get("heads", 2)  # rows from before heads were recorded used the default
+    heads = row_heads(row)
     return f"{row['model']}, {heads} head{'s' if heads != 1 else ''}" if several_heads else row["model"]
 
 
@@ -259,7 +264,7 @@ def best_rows(rows: list[dict]) -> list[dict]:
     order."""
     best: dict[tuple, dict] = {}
     for row in rows:
-        key = (row["model"], row.get("heads", 2), row["dim"])
+        key = (row["model"], row_heads(row), row["dim"])
         if key not in best or row["test_accuracy"] > best[key]["test_accuracy"]:
             best[key] = row
     return list(best.values())
@@ -269,7 +274,7 @@ def format_table(rows: list[dict]) -> str:
     """Accuracy of each model (rows; one per head count when the rows have several) at each width
     (columns), the best learning rate's."""
     dims = sorted({row["dim"] for row in rows})
-    several_heads = len({row.get("heads", 2) for row in rows}) > 1
+    several_heads = len({row_heads(row) for row in rows}) > 1
     models = list(dict.fromkeys(run_label(row, several_heads) for row in rows))
     by_key = {(run_label(row, several_heads), row["dim"]): row for row in best_rows(rows)}
     lines = ["| model | " + " | ".join(f"d={d}" for d in dims) + " |", "|---|" + "---|" * len(dims)]

@@ -479,8 +479,8 @@ def open_corpus(sources: list[str], text_field: str = "text", valid_percent: flo
     Args:
         sources: each one of
             "stdlib": the .py files of the running Python's standard library (no download);
-            "site-packages": the .py files of the running Python's installed packages (no download; far
-                larger than stdlib where torch is installed);
+            "site-packages": the .py files of the running Python's installed packages (no download;
+                usually far larger than stdlib);
             a local file or directory (recursively; hidden entries skipped): .jsonl (the document is
                 obj[text_field] of each non-blank line), .parquet (the string column text_field; needs
                 pyarrow), anything else one UTF-8 document per file (binary files skipped);

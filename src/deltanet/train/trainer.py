@@ -239,7 +239,7 @@ class Trainer:
                               shuffle=True, max_document_tokens=config.seq_len if several else None)
             ids, positions = rows.next_rows(config.eval_rows)
             self.valid = (ids, positions, target_bytes(self.tokenizer, ids, positions))
-        self.start_epoch, self.said_repeat = self.train_rows.epoch, False
+        self.seen_epoch = self.train_rows.epoch  # passes over the text when last looked at (resume: so far)
         self.forward_model = self._wrap_model()
         self.flops_per_token = training_flops_per_token(self.model, self.model_config, config.seq_len)
         self.pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, loss, grad norm) unchecked
@@ -388,12 +388,12 @@ class Trainer:
         """One optimizer step over the global batch's rows (this process's share of them)."""
         config, device = self.config, self.device
         input_ids, position_ids = self.train_rows.next_rows(config.batch_size)
-        if self.train_rows.epoch > 0 and self.start_epoch == 0 and not self.said_repeat:
-            self.said_repeat = True
+        if self.seen_epoch == 0 and self.train_rows.epoch > 0:  # the first time the text starts again
             read = self.tokens_seen + config.batch_size * config.seq_len  # with this step's rows
             self.say(f"step {step}: the training text starts again (one pass is at most "
                      f"{read // self.train_rows.epoch:,} tokens): from here on, held-out loss can rise as "
                      f"the model memorises it")
+        self.seen_epoch = self.train_rows.epoch
         total_targets = counted_targets(position_ids)
         mine = slice(self.procs.rank * self.rows_per_process, (self.procs.rank + 1) * self.rows_per_process)
         input_ids, position_ids = input_ids[mine], position_ids[mine]
