@@ -314,7 +314,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="peak learning rates to try per model and width; the table shows the best "
                         "(default: 1e-3 3e-3)")
     parser.add_argument("--steps", type=int, default=run.steps,
-                        help=f"training steps, fresh examples each (default: {run.steps})")
+                        help=f"training steps, fresh examples each (default: {run.steps}; DeltaNet without "
+                        "the convolution needed 45K at the paper's setting, d=128: docs/results.md)")
     parser.add_argument("--batch-size", type=int, default=run.batch_size,
                         help=f"examples per step (default: {run.batch_size})")
     parser.add_argument("--test-examples", type=int, default=run.test_examples,
