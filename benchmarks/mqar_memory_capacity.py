@@ -52,6 +52,7 @@ class IdealMemory(nn.Module):
         v = self.value(values).view(shape)
         beta = torch.sigmoid(self.write_logit(keys))  # [B, P, H]
         if rule == "delta":
+            # only the state after the P writes is read (queries come after them), so q is a placeholder
             _, state = chunk_delta_rule(k, k, v, beta, output_final_state=True, backend="torch")
         else:  # additive: linear attention's memory
             state = torch.einsum("bphk,bphv->bhkv", k * beta[..., None], v)
