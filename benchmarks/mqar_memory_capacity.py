@@ -5,9 +5,10 @@ state, then each query (the key token again) reads its value back. Here that ste
 parts a real model must learn first (the first layer's shift to the previous token, sharing the residual
 stream with the current token): keys, queries, values and write strengths are free embeddings of the
 tokens, the P pairs are written with the delta rule (deltanet.ops.chunk_delta_rule, PyTorch backend) into
-H heads of D x D, each query reads S^T q per head, and a per-head RMSNorm and a linear layer score the
-values. If this reaches ~100%, the state's size is not what bounds a real model's accuracy at that
-(H, D, P); if it does not, nothing trained through it can.
+H heads of D x D, each query reads S^T q per head, and a per-head RMSNorm and a linear layer (or, with
+`--readout mlp`, a hidden SiLU layer and a linear one) score the values. Where this reaches ~100%, the
+state's size is not what bounds a real model's accuracy at that (H, D, P); where it stays well below, the
+state is a likely bound (likely, not proven: training finds a good memory, not necessarily the best).
 
     PYTHONPATH=src python3 benchmarks/mqar_memory_capacity.py --heads 2 --head-dim 32 --pairs 64
 
@@ -29,9 +30,10 @@ from deltanet.ops import chunk_delta_rule
 
 class IdealMemory(nn.Module):
     """Per-token embeddings for keys/queries (key half of the vocabulary) and values (value half), one
-    write strength per key token and head, a per-head RMSNorm and a linear readout over the values."""
+    write strength per key token and head, a per-head RMSNorm and a readout over the values (linear, or
+    with a hidden SiLU layer of 4x the state's read width)."""
 
-    def __init__(self, num_keys: int, num_values: int, heads: int, head_dim: int):
+    def __init__(self, num_keys: int, num_values: int, heads: int, head_dim: int, readout: str = "linear"):
         super().__init__()
         self.heads, self.head_dim = heads, head_dim
         self.key = nn.Embedding(num_keys, heads * head_dim)
@@ -40,7 +42,12 @@ class IdealMemory(nn.Module):
         self.write_logit = nn.Embedding(num_keys, heads)
         nn.init.zeros_(self.write_logit.weight)  # beta = 0.5 at the start, as sigmoid of a fresh projection
         self.norm = nn.RMSNorm(head_dim)
-        self.readout = nn.Linear(heads * head_dim, num_values)
+        width = heads * head_dim
+        if readout == "linear":
+            self.readout = nn.Linear(width, num_values)
+        else:  # a hidden layer first, as the MLP and output layer after a real model's mixer
+            self.readout = nn.Sequential(nn.Linear(width, 4 * width), nn.SiLU(),
+                                         nn.Linear(4 * width, num_values))
 
     def forward(self, keys: torch.Tensor, values: torch.Tensor, rule: str) -> torch.Tensor:
         """keys [B, P] (key ids), values [B, P] (value ids) -> logits [B, P, num_values] of each key's
@@ -80,6 +87,9 @@ def main() -> None:
                         "512; MQAR's 8192 needs more steps)")
     parser.add_argument("--rule", choices=["delta", "linear"], default="delta",
                         help="delta rule (default) or additive writes (linear attention)")
+    parser.add_argument("--readout", choices=["linear", "mlp"], default="linear",
+                        help="from the per-head reads to the values: linear (default) or with a hidden SiLU "
+                        "layer")
     parser.add_argument("--steps", type=int, default=4000, help="training steps (default: 4000)")
     parser.add_argument("--batch-size", type=int, default=32, help="examples per step (default: 32)")
     parser.add_argument("--lr", type=float, default=1e-2,
@@ -93,7 +103,7 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     num_keys, num_values = args.vocab // 2, args.vocab - args.vocab // 2
-    model = IdealMemory(num_keys, num_values, args.heads, args.head_dim)
+    model = IdealMemory(num_keys, num_values, args.heads, args.head_dim, args.readout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps, pct_start=0.1)
     test = draw(500, args.pairs, num_keys, num_values, torch.Generator().manual_seed(args.seed + 1))
@@ -111,8 +121,8 @@ def main() -> None:
                 accuracy = (model(*test, args.rule).argmax(-1) == test[1]).float().mean().item()
             print(f"[{time.perf_counter() - start:.0f} s] step {step}: loss {loss.item():.3f}, "
                   f"test accuracy {accuracy:.4f}", flush=True)
-    print(f"{args.rule} rule, {args.heads} heads x {args.head_dim}, {args.pairs} pairs, vocabulary "
-          f"{args.vocab}: test accuracy {accuracy:.4f} after {args.steps} steps")
+    print(f"{args.rule} rule, {args.heads} heads x {args.head_dim}, {args.readout} readout, {args.pairs} "
+          f"pairs, vocabulary {args.vocab}: test accuracy {accuracy:.4f} after {args.steps} steps")
 
 
 if __name__ == "__main__":
