@@ -5,7 +5,7 @@
 #                                                packed or one long document, default or 8 threads, alone)
 #   bash benchmarks/eval_gpu_runs.sh launch      the long runs in the background (setsid, so they outlive the
 #                                                call): the comparison (LONG_STEPS steps of 24 rows of
-#                                                LONG_DATA; the sliding-window hybrid alone on GPU 3, the
+#                                                LONG_DATA, default site-packages; the sliding-window hybrid alone on GPU 3, the
 #                                                others two per GPU on 0 and 1) and MQAR's DeltaNet runs on
 #                                                LONG_MQAR_GPUS (default 2; LONG_MQAR: "dim:heads:lr ...",
 #                                                LONG_MQAR_STEPS, LONG_MQAR_SECONDS)
@@ -82,7 +82,7 @@ launch)
     # the step ~5x slower (benchmarks/eval_gpu_runs.sh profile, docs/results.md)
     export OMP_NUM_THREADS=8
     common="--out /tmp/compare --steps ${LONG_STEPS:-5000} --batch-size 24 --eval-interval 500"
-    common="$common --data ${LONG_DATA:-stdlib}"  # site-packages: ~25x the text, no repeats at 250M tokens
+    common="$common --data ${LONG_DATA:-site-packages}"  # stdlib (run 2) is read ~24 times at 250M tokens
     setsid nohup python3 -m deltanet eval compare $common --architectures deltanet-swa --gpus 3 \
         > /tmp/compare/driver-swa.log 2>&1 < /dev/null &
     setsid nohup python3 -m deltanet eval compare $common --architectures deltanet transformer++ linear-attn \
